@@ -1,0 +1,137 @@
+"""What every stage-2 method receives, the method registry, and the small helpers the methods share."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional
+
+import torch
+from torch import nn
+
+from ltpipe.classifier.heads import LinearHead
+from ltpipe.errors import ConfigError
+from ltpipe.registry import Registry
+
+STAGE2 = Registry("stage-2 method")
+
+
+@dataclass
+class Stage2Data:
+    """Frozen-backbone features of the train split and the balanced validation split (never the test set), the
+    train counts per class, the stage-1 head and the run seed."""
+
+    train_features: torch.Tensor
+    train_labels: torch.Tensor
+    val_features: torch.Tensor
+    val_labels: torch.Tensor
+    class_counts: List[int]
+    base_head: LinearHead
+    seed: int
+
+    def __post_init__(self) -> None:
+        num_classes = len(self.class_counts)
+        for split in ("train", "val"):
+            x, y = getattr(self, f"{split}_features"), getattr(self, f"{split}_labels")
+            if x.dim() != 2 or y.dim() != 1 or x.shape[0] != y.shape[0]:
+                raise ConfigError(f"{split} features must be (N, D) and labels (N,), got {tuple(x.shape)} and "
+                                  f"{tuple(y.shape)}")
+            if y.numel() and not (0 <= int(y.min()) and int(y.max()) < num_classes):
+                raise ConfigError(f"{split} labels must lie in [0, {num_classes - 1}] (len(class_counts)="
+                                  f"{num_classes}), found [{int(y.min())}, {int(y.max())}]")
+        if self.train_labels.numel() == 0:
+            raise ConfigError("stage 2 needs at least one training feature, got none")
+        if self.val_features.shape[1] != self.in_features:
+            raise ConfigError(f"val features have dimension {self.val_features.shape[1]}, train features "
+                              f"{self.in_features}")
+        if tuple(self.base_head.weight.shape) != (num_classes, self.in_features):
+            raise ConfigError(f"stage-1 head maps {self.base_head.weight.shape[1]} features to "
+                              f"{self.base_head.weight.shape[0]} classes; the data has {self.in_features} features "
+                              f"and {num_classes} classes")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_counts)
+
+    @property
+    def in_features(self) -> int:
+        return self.train_features.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.train_features.device
+
+
+def check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_number(name: str, value: Any, low: float, high: float = math.inf, *, low_open: bool = False,
+                 high_open: bool = False) -> None:
+    """ConfigError unless `value` is a real number in the interval (brackets as given by the *_open flags)."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and not math.isnan(value)
+    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open or high == math.inf else ']'}"
+        raise ConfigError(f"{name} must be a number in {interval}, got {value!r}")
+
+
+def as_kwargs(name: str, value: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """A params.yaml block of keyword arguments; None means none."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{name} must be a mapping of keyword arguments, got {value!r}")
+    return dict(value)
+
+
+def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def build_module(cls, *args: Any, **kwargs: Any) -> nn.Module:
+    """Construct without advancing the global RNG: the constructor's default init is overwritten by the caller."""
+    with torch.random.fork_rng(devices=[]):
+        return cls(*args, **kwargs)
+
+
+@torch.no_grad()
+def init_linear_(weight: torch.Tensor, bias: Optional[torch.Tensor], generator: torch.Generator) -> None:
+    """nn.Linear's default init (Kaiming-uniform weight, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) bias), seeded."""
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
+    if bias is not None:
+        bound = 1 / math.sqrt(weight.shape[1])
+        nn.init.uniform_(bias, -bound, bound, generator=generator)
+
+
+@torch.no_grad()
+def make_linear(weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *, center: Optional[torch.Tensor] = None,
+                normalize_input: bool = False, scale: float = 1.0) -> LinearHead:
+    """A LinearHead with the given weight (used as is), bias and input centre."""
+    num_classes, in_features = weight.shape
+    head = build_module(LinearHead, in_features, num_classes, bias=bias is not None, normalize_input=normalize_input,
+                        center_input=center is not None, scale=scale).to(weight.device)
+    head.weight.copy_(weight)
+    if bias is not None:
+        head.bias.copy_(bias)
+    if center is not None:
+        head.center.copy_(center)
+    return head
+
+
+def linear_like(base: LinearHead, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> LinearHead:
+    """A plain LinearHead (no weight normalisation) with `base`'s input processing and logit scale."""
+    return make_linear(weight, bias, center=base.center, normalize_input=base.normalize_input, scale=base.scale)
+
+
+def plain_copy(base: LinearHead) -> LinearHead:
+    """The stage-1 head with its effective weight stored as a plain weight: same logits, trainable W and b."""
+    bias = None if base.bias is None else base.bias.detach()
+    return linear_like(base, base.effective_weight().detach(), bias)
+
+
+@torch.no_grad()
+def accuracy(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> float:
+    return (head(features).argmax(1) == labels).double().mean().item()

@@ -1,0 +1,58 @@
+"""Classifier heads: features (N, D) -> logits (N, C). Saved as safetensors plus the kwargs that rebuild them."""
+from __future__ import annotations
+
+import json
+from typing import Any, Dict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ltpipe.io import load_tensors, save_tensors
+from ltpipe.registry import Registry
+
+HEADS = Registry("classifier head")
+
+
+@HEADS.register("linear")
+class LinearHead(nn.Module):
+    """logits = scale * (W g(x) + b), with g(x) = x, or (x - mu) / ||x - mu|| when `normalize_input`.
+
+    `normalize_weight` uses W_i / ||W_i|| (the cosine classifier of LDAM's NormedLinear).
+    """
+
+    def __init__(self, in_features: int, num_classes: int, *, bias: bool = True, normalize_input: bool = False,
+                 center_input: bool = False, normalize_weight: bool = False, scale: float = 1.0):
+        super().__init__()
+        self.kwargs = dict(in_features=in_features, num_classes=num_classes, bias=bias, normalize_input=normalize_input,
+                           center_input=center_input, normalize_weight=normalize_weight, scale=scale)
+        self.weight = nn.Parameter(torch.empty(num_classes, in_features))
+        self.bias = nn.Parameter(torch.zeros(num_classes)) if bias else None
+        self.register_buffer("center", torch.zeros(in_features) if center_input else None)
+        self.normalize_input, self.normalize_weight, self.scale = normalize_input, normalize_weight, scale
+        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)  # nn.Linear's default init
+
+    def effective_weight(self) -> torch.Tensor:
+        return F.normalize(self.weight, dim=1) if self.normalize_weight else self.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.center is not None:
+            x = x - self.center
+        if self.normalize_input:
+            x = F.normalize(x, dim=1)
+        return self.scale * F.linear(x, self.effective_weight(), self.bias)
+
+
+def save_head(path, head: nn.Module) -> None:
+    name = next(n for n in HEADS.names() if type(head) is HEADS.get(n))
+    save_tensors(path, head.state_dict(), metadata={"head": name, "kwargs": json.dumps(head.kwargs, sort_keys=True)})
+
+
+def load_head(path) -> nn.Module:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta: Dict[str, Any] = f.metadata()
+    head = HEADS.build(meta["head"], **json.loads(meta["kwargs"]))
+    head.load_state_dict(load_tensors(path))
+    return head

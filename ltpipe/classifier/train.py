@@ -1,0 +1,102 @@
+"""The one training loop over cached features that every training stage-2 method uses."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ltpipe.classifier.base import Stage2Data, as_kwargs, check_int, check_number
+from ltpipe.losses import LTLoss, build_loss
+from ltpipe.samplers import Sampler, build_sampler
+from ltpipe.train.schedule import build_sgd, check_schedule
+
+Batch = Tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """SGD with momentum and weight decay, a per-step lr schedule (ltpipe.train.schedule), no warm-up.
+
+    Validated on construction, so a factory that builds its Recipe first fails before any work.
+    """
+
+    epochs: int
+    lr: float
+    batch_size: int
+    momentum: float
+    weight_decay: float
+    schedule: str
+    milestones: Sequence[int] = ()
+    gamma: float = 0.1
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_int("epochs", self.epochs, 1)
+        check_number("lr", self.lr, 0, low_open=True)
+        check_int("batch_size", self.batch_size, 1)
+        check_number("momentum", self.momentum, 0, 1, high_open=True)
+        check_number("weight_decay", self.weight_decay, 0)
+        check_schedule(epochs=self.epochs, warmup_epochs=0, schedule=self.schedule, milestones=list(self.milestones),
+                       gamma=self.gamma)
+
+
+class Supervised:
+    """Objective: mean per-sample loss of `model` on one batch from one sampler."""
+
+    def __init__(self, model: nn.Module, loss_fn: LTLoss):
+        self.model, self.loss_fn = model, loss_fn
+
+    def set_epoch(self, epoch: int, total_epochs: int) -> None:
+        self.loss_fn.set_epoch(epoch, total_epochs)
+
+    def __call__(self, batches: Sequence[Batch]) -> torch.Tensor:
+        (x, y), = batches
+        return self.loss_fn(self.model(x), y, x if self.loss_fn.needs_features else None).mean()
+
+
+def sampler_and_loss(data: Stage2Data, sampler: str, sampler_params: Optional[Mapping[str, Any]], loss: str,
+                     loss_params: Optional[Mapping[str, Any]]) -> Tuple[Sampler, LTLoss]:
+    """Both built from their names (ConfigError on unknown names or kwargs, listing the valid ones)."""
+    built_sampler = build_sampler(sampler, data.train_labels, data.num_classes,
+                                  **as_kwargs("sampler_params", sampler_params))
+    built_loss = build_loss(loss, data.class_counts, **as_kwargs("loss_params", loss_params)).to(data.device)
+    return built_sampler, built_loss
+
+
+def fit(params, data: Stage2Data, samplers: Sequence[Sampler], objective, recipe: Recipe, *,
+        project: Optional[Callable[[], None]] = None, desc: str = "stage 2") -> List[float]:
+    """Train `params` (tensors or param groups) for recipe.epochs; returns the mean training loss of each epoch.
+
+    Each step takes one batch from every sampler's epoch (sampler k seeded with data.seed + k) and calls
+    `objective(batches)`; `objective.set_epoch` runs at every epoch start and `project` (e.g. MaxNorm) after every
+    optimiser step, without gradients.
+    """
+    n = data.train_labels.numel()
+    steps = math.ceil(n / recipe.batch_size)
+    optimizer, scheduler = build_sgd(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
+                                     steps_per_epoch=steps, epochs=recipe.epochs, warmup_epochs=0,
+                                     schedule=recipe.schedule, milestones=list(recipe.milestones), gamma=recipe.gamma)
+    curve = []
+    for epoch in range(recipe.epochs):
+        objective.set_epoch(epoch, recipe.epochs)
+        streams = [s.epoch_indices(epoch, recipe.epochs, data.seed + k).split(recipe.batch_size)
+                   for k, s in enumerate(samplers)]
+        total = 0.0
+        bar = tqdm(zip(*streams, strict=True), total=steps, desc=f"{desc} epoch {epoch + 1}/{recipe.epochs}",
+                   leave=False, disable=not recipe.progress)
+        for chunks in bar:
+            loss = objective([(data.train_features[i], data.train_labels[i]) for i in chunks])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            if project is not None:
+                with torch.no_grad():
+                    project()
+            total += loss.item() * len(chunks[0])
+        curve.append(total / n)
+    return curve

@@ -1,0 +1,76 @@
+"""`ltpipe` console script: `report` (compare experiments), `predict` (classify image files), `validate` (params.yaml)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from ltpipe.errors import ConfigError
+
+
+def _report(args: argparse.Namespace) -> int:
+    from ltpipe import report
+
+    if args.compare:
+        table = report.compare_experiments(args.repo, *args.compare)
+    else:
+        table = report.experiments_table(report.exp_show_json(args.repo))
+    sys.stdout.write(report.format_table(table, args.format))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from ltpipe.predict import format_prediction, load_predictor
+
+    predictions, errors = load_predictor(args.model_dir).predict(args.images, top_k=args.top_k)
+    for prediction in predictions:
+        print(format_prediction(prediction))
+    for path, reason in errors.items():
+        print(f"error: {path}: {reason}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from ltpipe.config import load_validated_params
+
+    load_validated_params(args.params)
+    print(f"OK: {args.params} is valid")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ltpipe.report import FORMATS
+
+    parser = argparse.ArgumentParser(prog="ltpipe", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    rep = commands.add_parser("report", help="table of all DVC experiments, or a per-class comparison of two")
+    rep.add_argument("--format", choices=FORMATS, default="markdown")
+    rep.add_argument("--repo", default=".", help="the DVC repository (default: the current folder)")
+    rep.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"),
+                     help="per-class accuracy of two experiments, commits or 'workspace', with the delta NEW - OLD")
+    rep.set_defaults(run=_report)
+
+    pred = commands.add_parser("predict", help="top-k classes of image files with the trained pipeline")
+    pred.add_argument("images", nargs="+", metavar="IMAGE")
+    pred.add_argument("--model-dir", default=".", help="pipeline folder holding artifacts/ and data/prepared")
+    pred.add_argument("--top-k", type=int, default=5)
+    pred.set_defaults(run=_predict)
+
+    val = commands.add_parser("validate", help="check params.yaml (names, keyword arguments, values)")
+    val.add_argument("params", nargs="?", default="params.yaml")
+    val.set_defaults(run=_validate)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ConfigError, OSError) as exc:  # OSError: e.g. a params file that does not exist
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

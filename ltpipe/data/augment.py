@@ -1,0 +1,135 @@
+"""Batch augmentation as tensor ops (pad-crop and flip for a whole uint8 batch at once), optional AutoAugment /
+RandAugment policies, the PIL transforms of the streaming path, and normalisation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Sequence
+
+import torch
+
+from ltpipe.errors import ConfigError
+from ltpipe.registry import Registry
+
+POLICIES = Registry("augmentation policy")
+AUGMENT_KEYS = ("crop_padding", "flip", "policy")
+# Resize the shorter side to image_size / 0.875 before the centre crop: the usual ImageNet evaluation ratio.
+EVAL_CROP_RATIO = 0.875
+
+
+@POLICIES.register("none")
+def no_policy() -> None:
+    """No extra policy: only pad-crop and flip."""
+    return None
+
+
+@POLICIES.register("randaugment")
+def randaugment(num_ops: int = 2, magnitude: int = 9, num_magnitude_bins: int = 31) -> Callable:
+    """RandAugment (Cubuk et al., "RandAugment: Practical Automated Data Augmentation with a Reduced Search Space",
+    CVPR-W 2020): apply num_ops ops drawn uniformly, each at strength magnitude / (num_magnitude_bins - 1)."""
+    from torchvision.transforms import v2
+
+    return v2.RandAugment(num_ops=num_ops, magnitude=magnitude, num_magnitude_bins=num_magnitude_bins)
+
+
+@POLICIES.register("autoaugment")
+def autoaugment(policy: str = "cifar10") -> Callable:
+    """AutoAugment (Cubuk et al., "AutoAugment: Learning Augmentation Strategies from Data", CVPR 2019): one of the
+    learned policy's 25 sub-policies per image, x -> op2(op1(x)) with the learned probabilities and magnitudes."""
+    from torchvision.transforms import v2
+
+    policies = {p.value.lower(): p for p in v2.AutoAugmentPolicy}
+    if policy not in policies:
+        raise ConfigError(f"unknown autoaugment policy {policy!r}; valid choices: {', '.join(sorted(policies))}")
+    return v2.AutoAugment(policies[policy])
+
+
+@dataclass
+class Augment:
+    crop_padding: int
+    flip: bool
+    policy: Callable | None
+
+
+def build_augment(augment: Dict[str, Any]) -> Augment:
+    """Parse params.yaml `train.augment`: {crop_padding, flip, policy} plus one kwargs block per policy name."""
+    augment = dict(augment or {})
+    valid = AUGMENT_KEYS + tuple(POLICIES.names())
+    unknown = sorted(set(augment) - set(valid))
+    if unknown:
+        raise ConfigError(f"train.augment: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: "
+                          f"{', '.join(valid)}")
+    padding = augment.get("crop_padding", 4)
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise ConfigError(f"train.augment.crop_padding must be an integer >= 0, got {padding!r}")
+    flip = augment.get("flip", True)
+    if not isinstance(flip, bool):
+        raise ConfigError(f"train.augment.flip must be true or false, got {flip!r}")
+    name = augment.get("policy", "none")
+    policy = POLICIES.build(name, **dict(augment.get(name) or {}))
+    return Augment(padding, flip, policy)
+
+
+def draw_crop_flip(n: int, padding: int, flip: bool, generator: torch.Generator):
+    """Per-sample crop offsets in [0, 2*padding] and flip decisions, for n samples at once."""
+    oy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    ox = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    return oy, ox, flips
+
+
+def crop_flip(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flips: torch.Tensor, padding: int) -> torch.Tensor:
+    """Random crop of the zero-padded batch, then horizontal flip, as one gather: out[b, i, j] =
+    pad(x)[b, oy_b + i, ox_b + (W-1-j if flip_b else j)]. x is (B, H, W, Ch), any dtype."""
+    b, h, w, c = x.shape
+    if padding:
+        padded = x.new_zeros(b, h + 2 * padding, w + 2 * padding, c)
+        padded[:, padding:padding + h, padding:padding + w] = x
+        x = padded
+    rows = oy[:, None] + torch.arange(h)
+    cols = torch.arange(w).expand(b, w)
+    cols = ox[:, None] + torch.where(flips[:, None], cols.flip(1), cols)
+    return x[torch.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def seeded(fn: Callable, x, seed: int):
+    """Run a torchvision transform (which draws from the global RNG) under its own seed, leaving that RNG as it was:
+    results depend on the sample's seed only, not on batch composition or worker scheduling."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return fn(x)
+
+
+def apply_policy(x: torch.Tensor, policy: Callable, seeds: torch.Tensor) -> torch.Tensor:
+    """Per-sample policy on a uint8 (B, Ch, H, W) batch; the policies are per-image ops, so this loops."""
+    return torch.stack([seeded(policy, img, s) for img, s in zip(x, seeds.tolist())])
+
+
+class Normalize:
+    """x -> (x / 255 - mean) / std per channel, folded into one multiply-add on a uint8 (B, Ch, H, W) batch."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        mean = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
+        std = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
+        if mean.numel() != std.numel() or not bool((std > 0).all()):
+            raise ConfigError(f"mean and std need one value per channel and std > 0, got mean={mean.flatten()} "
+                              f"std={std.flatten()}")
+        self.channels = mean.numel()
+        self.scale, self.shift = 1.0 / (255.0 * std), mean / std
+
+    def __call__(self, x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+        out = x.float().mul_(self.scale).sub_(self.shift)
+        return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def stream_transform(train: bool, image_size: int, augment: Augment | None) -> Callable:
+    """PIL image -> uint8 (Ch, H, W): RandomResizedCrop + flip (+ policy) for training (Szegedy et al., "Going
+    Deeper with Convolutions", CVPR 2015), Resize(size / 0.875) + CenterCrop otherwise."""
+    from torchvision.transforms import v2
+
+    if train:
+        steps = [v2.RandomResizedCrop(image_size, antialias=True)]
+        steps += [v2.RandomHorizontalFlip()] if augment.flip else []
+        steps += [augment.policy] if augment.policy is not None else []
+    else:
+        steps = [v2.Resize(round(image_size / EVAL_CROP_RATIO), antialias=True), v2.CenterCrop(image_size)]
+    return v2.Compose(steps + [v2.PILToTensor()])

@@ -1,0 +1,111 @@
+"""Evaluate driver: test-set logits of stage 2 -> metrics.json, per-class table, confusion records and (optionally) a
+t-SNE map of the test features. Every output is byte-identical for identical inputs, so DVC never reruns downstream
+work or reports a spurious change."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ltpipe.data.prepared import load_prepared
+from ltpipe.errors import ConfigError
+from ltpipe.io import write_csv, write_json
+from ltpipe.metrics import compute_metrics, confusion_records, per_class_table
+
+TSNE_COLUMNS = ("x", "y", "class")
+_TSNE_DECIMALS = 4
+
+
+def check_evaluate_params(cfg: Dict[str, Any]) -> None:
+    """params.yaml `evaluate:` section; ConfigError naming the key and its valid range."""
+    required = ("many_threshold", "few_threshold", "logit_adjust_tau", "tsne", "tsne_max_points")
+    missing = [k for k in required if k not in (cfg or {})]
+    if missing:
+        raise ConfigError(f"params.yaml: missing {', '.join(f'evaluate.{k}' for k in missing)} "
+                          f"(the evaluate section needs {', '.join(required)})")
+    few, many = cfg["few_threshold"], cfg["many_threshold"]
+    if not (_is_int(few) and _is_int(many) and 0 <= few <= many):
+        raise ConfigError(f"evaluate: need integers 0 <= few_threshold <= many_threshold, got "
+                          f"few_threshold={few!r}, many_threshold={many!r}")
+    tau = cfg["logit_adjust_tau"]
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau):
+        raise ConfigError(f"evaluate.logit_adjust_tau must be a finite number (1.0 is Menon et al.'s), got {tau!r}")
+    if not isinstance(cfg["tsne"], bool):
+        raise ConfigError(f"evaluate.tsne must be true or false, got {cfg['tsne']!r}")
+    if not (_is_int(cfg["tsne_max_points"]) and cfg["tsne_max_points"] >= 2):
+        raise ConfigError(f"evaluate.tsne_max_points must be an integer >= 2, got {cfg['tsne_max_points']!r}")
+
+
+def frequency_ranked(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows sorted by train_count, most frequent first (ties keep class order), with `rank` 0.. as first column:
+    a linear plot of any column against rank is that column against class frequency."""
+    ranked = table.sort_values("train_count", ascending=False, kind="stable").reset_index(drop=True)
+    return ranked.assign(rank=np.arange(len(ranked)))[["rank", *table.columns]]
+
+
+def tsne_table(features: np.ndarray, labels: np.ndarray, class_names: Sequence[str], *, max_points: int = 2000,
+               seed: int = 0, perplexity: float = 30.0) -> pd.DataFrame:
+    """2-D t-SNE (van der Maaten & Hinton, "Visualizing Data using t-SNE", JMLR 2008) of at most `max_points`
+    samples (a seeded uniform subsample, kept in input order): KL(P || Q) with Student-t Q, PCA init.
+
+    Perplexity is clipped to n - 1 (scikit-learn needs perplexity < n); coordinates are rounded to 4 decimals.
+    """
+    from sklearn.manifold import TSNE
+
+    features = np.asarray(features)
+    labels = np.asarray(labels)
+    if features.ndim != 2 or len(features) != len(labels) or len(features) < 2:
+        raise ConfigError(f"t-SNE needs (N, D) features with N >= 2 and one label per row, got features "
+                          f"{features.shape} and labels {labels.shape}")
+    if not (_is_int(max_points) and max_points >= 2):
+        raise ConfigError(f"tsne max_points must be an integer >= 2, got {max_points!r}")
+    names = np.asarray(list(class_names), dtype=object)
+    if labels.min() < 0 or labels.max() >= len(names):
+        raise ConfigError(f"labels must lie in [0, {len(names) - 1}] for {len(names)} class names")
+    keep = np.arange(len(features))
+    if len(features) > max_points:
+        generator = torch.Generator().manual_seed(int(seed))
+        keep = torch.randperm(len(features), generator=generator)[:max_points].sort().values.numpy()
+    points = features[keep].astype(np.float64)
+    embedded = TSNE(n_components=2, perplexity=min(float(perplexity), len(points) - 1.0), init="pca",
+                    learning_rate="auto", random_state=int(seed)).fit_transform(points)
+    # +0.0 turns -0.0 into 0.0, so the CSV text does not depend on the sign of a rounded zero.
+    coords = np.round(embedded, _TSNE_DECIMALS) + 0.0
+    return pd.DataFrame({"x": coords[:, 0], "y": coords[:, 1], "class": names[labels[keep]]})
+
+
+def evaluate(params: Dict[str, Any], prepared_dir, stage2_dir, out_dir, features_dir=None) -> None:
+    """Write metrics.json, per_class.csv (frequency-ranked), confusion.csv and tsne.csv into `out_dir`.
+
+    tsne.csv always exists so DVC can declare it: with `evaluate.tsne: false` it holds only its header.
+    """
+    cfg = params["evaluate"]
+    check_evaluate_params(cfg)
+    if cfg["tsne"] and features_dir is None:
+        raise ConfigError("evaluate.tsne is true but no features folder was given (pass --features)")
+    prepared = load_prepared(prepared_dir)
+    labels = prepared.split("test").labels.numpy()
+    logits = np.load(Path(stage2_dir) / "logits_test.npy")
+    groups = dict(many_threshold=int(cfg["many_threshold"]), few_threshold=int(cfg["few_threshold"]))
+    metrics = compute_metrics(logits, labels, prepared.class_counts, logit_adjust_tau=float(cfg["logit_adjust_tau"]),
+                              **groups)
+    table = per_class_table(logits, labels, prepared.class_counts, prepared.classes, **groups)
+    if cfg["tsne"]:
+        features = np.load(Path(features_dir) / "test_features.npy")
+        tsne = tsne_table(features, labels, prepared.classes, max_points=int(cfg["tsne_max_points"]),
+                          seed=int(params["seed"]))
+    else:
+        tsne = pd.DataFrame(columns=list(TSNE_COLUMNS))
+    out_dir = Path(out_dir)
+    write_json(out_dir / "metrics.json", metrics)
+    write_csv(out_dir / "per_class.csv", frequency_ranked(table))
+    write_csv(out_dir / "confusion.csv", confusion_records(logits, labels, prepared.classes))
+    write_csv(out_dir / "tsne.csv", tsne)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

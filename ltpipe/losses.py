@@ -1,0 +1,453 @@
+"""Long-tailed classification losses: per-sample values (no reduction), selected by name from params.yaml.
+
+Every loss is an `LTLoss`: softmax cross-entropy on `adjust(logits)` unless it overrides `per_sample`, optionally
+multiplied by a per-class weight w_y that deferred re-weighting (DRW) switches on at `drw_epoch`. Callers take
+`.mean()`; mixup callers combine lam * L(y_a) + (1 - lam) * L(y_b). Batch-level losses (LADE, GML) split their batch
+term over the samples so that `.mean()` equals the paper's loss.
+
+Classes with no training image (count 0) are allowed and give well-defined values: their prior is clamped
+(`ltpipe.priors.log_prior`), their class-balanced weight is 0 and their margin / smoothing is finite. They can never be
+a training target, so these values only shape the softmax denominators.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ltpipe.errors import ConfigError
+from ltpipe.priors import class_prior, log_prior
+from ltpipe.registry import Registry
+
+LOSSES = Registry("loss")
+
+
+# ----------------------------------------------------------------------------------------------- input validation
+def check_real(what: str, value, *, low: float = -math.inf, high: float = math.inf, include_low: bool = True,
+               include_high: bool = True) -> float:
+    """`value` as a float if it is a finite real in the interval, else ConfigError naming the interval."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value >= low if include_low else value > low) and (value <= high if include_high else value < high)
+    if not ok:
+        interval = f"{'[' if include_low else '('}{low}, {high}{']' if include_high else ')'}"
+        raise ConfigError(f"{what} must be a finite number in {interval}, got {value!r}")
+    return float(value)
+
+
+def check_choice(what: str, value, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{what} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def check_class_counts(class_counts) -> torch.Tensor:
+    """(C,) float64 training images per class: non-negative integers, at least one class with images."""
+    try:
+        raw = class_counts.detach().cpu() if isinstance(class_counts, torch.Tensor) else list(class_counts)
+        counts = torch.as_tensor(raw, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ConfigError(f"class_counts must be a sequence of non-negative integers, got {class_counts!r}") from err
+    if counts.dim() != 1 or counts.numel() == 0:
+        raise ConfigError(f"class_counts must be a non-empty 1-D sequence, got shape {tuple(counts.shape)}")
+    if not torch.isfinite(counts).all() or (counts < 0).any() or (counts != counts.round()).any():
+        raise ConfigError(f"class_counts must be non-negative integers, got {counts.tolist()}")
+    if counts.sum() == 0:
+        raise ConfigError("class_counts are all 0: at least one class needs training images")
+    return counts
+
+
+def _check_drw_epoch(drw_epoch) -> int | None:
+    if drw_epoch is not None and (isinstance(drw_epoch, bool) or not isinstance(drw_epoch, numbers.Integral)
+                                  or drw_epoch < 0):
+        raise ConfigError(f"drw_epoch must be None (weights from the start) or an integer >= 0, got {drw_epoch!r}")
+    return None if drw_epoch is None else int(drw_epoch)
+
+
+def _check_batch(logits, target, features, num_classes: int, needs_features: bool) -> None:
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[1] != num_classes \
+            or not logits.is_floating_point():
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ConfigError(f"logits must be a floating (N, {num_classes}) tensor, got {shape}")
+    if not isinstance(target, torch.Tensor) or target.shape != logits.shape[:1] or target.is_floating_point() \
+            or target.is_complex() or target.dtype == torch.bool:
+        shape = tuple(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__
+        raise ConfigError(f"target must be an integer ({logits.shape[0]},) tensor of class indices, got {shape}")
+    if needs_features and (not isinstance(features, torch.Tensor) or features.dim() != 2
+                           or features.shape[0] != logits.shape[0]):
+        shape = tuple(features.shape) if isinstance(features, torch.Tensor) else features
+        raise ConfigError(f"this loss needs the (N={logits.shape[0]}, D) features of the batch, got {shape}")
+
+
+# ------------------------------------------------------------------------------------------------ per-class terms
+def class_balanced_weights(class_counts: Sequence[int], beta: float) -> torch.Tensor:
+    """Cui et al., "Class-Balanced Loss Based on Effective Number of Samples" (CVPR 2019):
+    w_j = (1 - beta) / (1 - beta^n_j), normalised to sum to C; (C,) float64.
+
+    A class with n_j = 0 gets w_j = 0 and the others sum to their number, so beta = 0 gives w_j = 1 wherever n_j > 0.
+    """
+    counts = check_class_counts(class_counts)
+    beta = check_real("beta", beta, low=0.0, high=1.0, include_high=False)
+    present = counts > 0
+    # 1 - beta^n through expm1: exact for beta close to 1, where 1 - beta^n would cancel catastrophically
+    effective = -torch.expm1(counts * math.log(beta)) if beta > 0 else present.double()
+    weights = torch.where(present, (1 - beta) / torch.where(present, effective, 1.0), 0.0)
+    return weights * (int(present.sum()) / weights.sum())
+
+
+def ldam_margins(class_counts: Sequence[int], max_m: float) -> torch.Tensor:
+    """Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss" (NeurIPS 2019):
+    m_j = C' n_j^(-1/4) with C' such that max_j m_j = max_m; (C,) float64, 0 for classes with n_j = 0."""
+    counts = check_class_counts(class_counts)
+    max_m = check_real("ldam: max_m", max_m, low=0.0)
+    present = counts > 0
+    raw = torch.where(present, counts.clamp_min(1).pow(-0.25), 0.0)
+    return raw * (max_m / raw.max())
+
+
+def _head_to_tail_position(counts: torch.Tensor) -> torch.Tensor:
+    """(n_j - n_min) / (n_max - n_min) over classes with images, clamped to [0, 1]: 1 = most frequent class.
+
+    With equal counts every class counts as a head class (1)."""
+    present = counts > 0
+    n_max, n_min = counts[present].max(), counts[present].min()
+    if n_max == n_min:
+        return torch.ones_like(counts)
+    return ((counts - n_min) / (n_max - n_min)).clamp(0, 1)
+
+
+LAS_SHAPES = ("concave", "linear", "convex", "exp")
+
+
+def las_smoothing(class_counts: Sequence[int], eps_head: float, eps_tail: float, shape: str,
+                  power: float) -> torch.Tensor:
+    """Zhong et al., "Improving Calibration for Long-Tailed Recognition" (MiSLAS, CVPR 2021):
+    eps_j = eps_tail + (eps_head - eps_tail) g(x_j), x_j = (n_j - n_min)/(n_max - n_min), g(x) = sin(pi x / 2)
+    (concave), x (linear), 1 - cos(pi x / 2) (convex) or x^power (exp); (C,) float64."""
+    counts = check_class_counts(class_counts)
+    eps_head = check_real("las: eps_head", eps_head, low=0.0, high=1.0)
+    eps_tail = check_real("las: eps_tail", eps_tail, low=0.0, high=1.0)
+    check_choice("las: shape", shape, LAS_SHAPES)
+    power = check_real("las: power", power, low=0.0, include_low=False)
+    x = _head_to_tail_position(counts)
+    g = {"concave": lambda: torch.sin(math.pi * x / 2), "linear": lambda: x,
+         "convex": lambda: 1 - torch.cos(math.pi * x / 2), "exp": lambda: x.pow(power)}[shape]()
+    return eps_tail + (eps_head - eps_tail) * g
+
+
+def feature_balance_strengths(class_counts: Sequence[int]) -> torch.Tensor:
+    """Li et al., "Feature-Balanced Loss for Long-Tailed Visual Recognition" (ICME 2022):
+    a_j = (log n_max - log n_j) / (log n_max - log n_min), 0 for the most frequent class, 1 for the rarest;
+    (C,) float64. Equal counts give all 0; classes with no image get 1 (as rare as the rarest)."""
+    counts = check_class_counts(class_counts)
+    present = counts > 0
+    log_n = counts.clamp_min(1).log()
+    spread = log_n[present].max() - log_n[present].min()
+    if spread == 0:
+        return torch.where(present, 0.0, 1.0)
+    return torch.where(present, (log_n[present].max() - log_n) / spread, 1.0)
+
+
+# ------------------------------------------------------------------------------------------------------ the losses
+class LTLoss(nn.Module):
+    """Softmax cross-entropy on `adjust(logits)`, per sample: l_i = w_{y_i} * -log softmax(adjust(z_i))_{y_i}.
+
+    `class_weights` (C,) are the w_j; with `drw_epoch` set they apply only from that epoch on (deferred re-weighting,
+    Cao et al., NeurIPS 2019), before it every w_j = 1. A loss never told the epoch (`set_epoch`) is at epoch 0.
+    """
+
+    needs_normed_classifier: bool = False  # True: stage 1 builds a cosine classifier (logits are cosines)
+    needs_features: bool = False  # True: forward uses the penultimate features
+
+    def __init__(self, class_counts: Sequence[int], *, class_weights: torch.Tensor | None = None,
+                 drw_epoch: int | None = None):
+        super().__init__()
+        counts = check_class_counts(class_counts)
+        # Derived from class_counts, so rebuilt rather than saved.
+        self.register_buffer("counts", counts.float(), persistent=False)
+        self.register_buffer("class_weights", None if class_weights is None else class_weights.float(),
+                             persistent=False)
+        self.drw_epoch = _check_drw_epoch(drw_epoch)
+        self.epoch, self.total_epochs = 0, None
+
+    @property
+    def num_classes(self) -> int:
+        return self.counts.numel()
+
+    def set_epoch(self, epoch: int, total_epochs: int) -> None:
+        """Called before each epoch (0-based); DRW and curricula switch here."""
+        if isinstance(epoch, bool) or isinstance(total_epochs, bool) or not isinstance(epoch, numbers.Integral) \
+                or not isinstance(total_epochs, numbers.Integral) or total_epochs < 1 \
+                or not 0 <= epoch <= total_epochs:
+            raise ConfigError(f"set_epoch needs integers total_epochs >= 1 and epoch in [0, total_epochs], got "
+                              f"epoch={epoch!r}, total_epochs={total_epochs!r}")
+        if self.drw_epoch is not None and self.drw_epoch >= total_epochs:
+            raise ConfigError(f"drw_epoch={self.drw_epoch} is never reached in {total_epochs} epochs; choose "
+                              f"drw_epoch in [0, {total_epochs - 1}] or None")
+        self.epoch, self.total_epochs = int(epoch), int(total_epochs)
+
+    def active_class_weights(self) -> torch.Tensor | None:
+        """The (C,) weights in force this epoch, or None when every weight is 1."""
+        if self.class_weights is None or (self.drw_epoch is not None and self.epoch < self.drw_epoch):
+            return None
+        return self.class_weights
+
+    def adjust(self, logits: torch.Tensor, target: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
+        return logits
+
+    def per_sample(self, logits: torch.Tensor, target: torch.Tensor,
+                   features: torch.Tensor | None) -> torch.Tensor:
+        return F.cross_entropy(self.adjust(logits, target, features), target, reduction="none")
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor,
+                features: torch.Tensor | None = None) -> torch.Tensor:
+        """(N,) per-sample losses for logits (N, C), integer targets (N,) and, where used, features (N, D)."""
+        _check_batch(logits, target, features, self.num_classes, self.needs_features)
+        target = target.long()
+        loss = self.per_sample(logits, target, features)
+        weights = self.active_class_weights()
+        return loss if weights is None else loss * weights.to(loss)[target]
+
+
+class FocalLoss(LTLoss):
+    """Lin et al., "Focal Loss for Dense Object Detection" (ICCV 2017), softmax form:
+    l = -w_y (1 - p_y)^gamma log p_y."""
+
+    def __init__(self, class_counts: Sequence[int], *, gamma: float = 2.0, class_weights: torch.Tensor | None = None,
+                 drw_epoch: int | None = None):
+        super().__init__(class_counts, class_weights=class_weights, drw_epoch=drw_epoch)
+        self.gamma = check_real("focal: gamma", gamma, low=0.0)
+
+    def per_sample(self, logits, target, features):
+        log_p = -F.cross_entropy(logits, target, reduction="none")
+        if self.gamma == 0:
+            return -log_p
+        # expm1 keeps 1 - p accurate near p = 1; the clamp keeps the gradient of (1 - p)^gamma finite for gamma < 1.
+        one_minus_p = (-torch.expm1(log_p)).clamp_min(torch.finfo(log_p.dtype).tiny)
+        return -one_minus_p.pow(self.gamma) * log_p
+
+
+class LogitAdjustedLoss(LTLoss):
+    """Menon et al., "Long-tail learning via logit adjustment" (ICLR 2021): l = CE(z + tau log pi, y)."""
+
+    def __init__(self, class_counts: Sequence[int], *, tau: float = 1.0):
+        super().__init__(class_counts)
+        self.tau = check_real("logit_adjust: tau", tau, low=0.0)
+        self.register_buffer("offset", self.tau * log_prior(self.counts.tolist()), persistent=False)
+
+    def adjust(self, logits, target, features):
+        return logits + self.offset.to(logits) if self.tau else logits
+
+
+class LDAMLoss(LTLoss):
+    """Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss" (NeurIPS 2019):
+    l = -w_y log softmax(s (z - m_y 1_y))_y with cosine logits z and m_j proportional to n_j^(-1/4)."""
+
+    needs_normed_classifier = True
+
+    def __init__(self, class_counts: Sequence[int], *, max_m: float = 0.5, s: float = 30.0,
+                 class_weights: torch.Tensor | None = None, drw_epoch: int | None = None):
+        super().__init__(class_counts, class_weights=class_weights, drw_epoch=drw_epoch)
+        self.s = check_real("ldam: s", s, low=0.0, include_low=False)
+        self.register_buffer("margins", ldam_margins(self.counts.tolist(), max_m).float(), persistent=False)
+
+    def adjust(self, logits, target, features):
+        margin = self.margins.to(logits)[target]
+        return self.s * logits.scatter_add(1, target[:, None], -margin[:, None])
+
+
+class LADELoss(LogitAdjustedLoss):
+    """Hong et al., "Disentangling Label Distribution for Long-tailed Visual Recognition" (CVPR 2021):
+    L = CE(z + log pi, y) + alpha * L_LADER, L_LADER = -sum_c pi_c [mean_{i: y_i=c} z_ic - T_c - lambda T_c^2],
+    T_c = log mean_i exp(z_ic - log pi_c + log(1/C)) (the ReMINE lower bound, as in the authors' code)."""
+
+    def __init__(self, class_counts: Sequence[int], *, alpha: float = 0.1, remine_lambda: float = 0.1):
+        super().__init__(class_counts, tau=1.0)
+        self.alpha = check_real("lade: alpha", alpha, low=0.0)
+        self.remine_lambda = check_real("lade: remine_lambda", remine_lambda, low=0.0)
+        self.register_buffer("prior", class_prior(self.counts.tolist()), persistent=False)
+
+    def regulariser(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The batch-level L_LADER (a scalar)."""
+        n, c = logits.shape
+        batch_counts = torch.bincount(target, minlength=c).to(logits.dtype)
+        own = logits.gather(1, target[:, None]).squeeze(1)
+        # Classes absent from the batch have no first term (0), as in the authors' code.
+        first = torch.zeros_like(batch_counts).index_add(0, target, own) / batch_counts.clamp_min(1)
+        second = torch.logsumexp(logits - self.offset.to(logits) - math.log(c), dim=0) - math.log(n)
+        estimate = first - second - self.remine_lambda * second.square()
+        return -(self.prior.to(logits) * estimate).sum()
+
+    def per_sample(self, logits, target, features):
+        # Every sample carries the full batch term, so the batch mean is CE.mean() + alpha * L_LADER.
+        return super().per_sample(logits, target, features) + self.alpha * self.regulariser(logits, target)
+
+
+class GMLLoss(LTLoss):
+    """Du & Wu, "No One Left Behind: Improving the Worst Categories in Long-Tailed Learning" (CVPR 2023,
+    arXiv 2303.03630): L = -(1/K) sum_c log( mean_{i: y_i=c} p~_ic ), p~ = softmax(z + log n), over the K classes
+    in the batch (the log of the geometric mean of the per-class mean probabilities, a smooth per-class recall).
+
+    The batch term is split over samples: a sample of class c carries N / (K n_c) times its class's term, so the
+    batch mean is exactly L.
+    """
+
+    def __init__(self, class_counts: Sequence[int]):
+        super().__init__(class_counts)
+        self.register_buffer("log_prior", log_prior(self.counts.tolist()), persistent=False)
+
+    def per_sample(self, logits, target, features):
+        n, c = logits.shape
+        # log p~_{i, y_i}; log pi and log n differ by a constant that the softmax ignores
+        log_p = -F.cross_entropy(logits + self.log_prior.to(logits), target, reduction="none")
+        class_sizes = torch.bincount(target, minlength=c)
+        batch_counts = class_sizes[target].to(logits.dtype)
+        # per-class log-mean-exp, shifted by each class's (constant) maximum for stability
+        peak = torch.full((c,), -math.inf, dtype=logits.dtype, device=logits.device)
+        peak = peak.scatter_reduce(0, target, log_p.detach(), reduce="amax")[target]
+        sums = torch.zeros(c, dtype=logits.dtype, device=logits.device).index_add(0, target, (log_p - peak).exp())
+        log_mean = peak + sums[target].log() - batch_counts.log()
+        classes_in_batch = (class_sizes > 0).sum()
+        return -log_mean * (n / (classes_in_batch * batch_counts))
+
+
+class FeatureBalancedLoss(LTLoss):
+    """Li et al., "Feature-Balanced Loss for Long-Tailed Visual Recognition" (ICME 2022):
+    l = CE(z - lam * t * a / ||f||, y), a_j = (log n_max - log n_j) / (log n_max - log n_min), t = (epoch / T)^2.
+
+    The class term grows with the parabolic curriculum t (at epoch 0 the loss is CE); `curriculum=False` keeps t = 1.
+    """
+
+    needs_features = True
+
+    def __init__(self, class_counts: Sequence[int], *, lam: float = 60.0, curriculum: bool = True):
+        super().__init__(class_counts)
+        self.lam = check_real("feabal: lam", lam, low=0.0)
+        if not isinstance(curriculum, bool):
+            raise ConfigError(f"feabal: curriculum must be true or false, got {curriculum!r}")
+        self.curriculum = curriculum
+        self.register_buffer("strengths", feature_balance_strengths(self.counts.tolist()).float(), persistent=False)
+
+    def stimulus(self) -> float:
+        """lam * t for the current epoch."""
+        if not self.curriculum:
+            return self.lam
+        return self.lam * (self.epoch / self.total_epochs) ** 2 if self.total_epochs else 0.0
+
+    def adjust(self, logits, target, features):
+        norm = features.to(logits).norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return logits - self.stimulus() * self.strengths.to(logits) / norm
+
+
+class LabelAwareSmoothing(LTLoss):
+    """Zhong et al., "Improving Calibration for Long-Tailed Recognition" (MiSLAS, CVPR 2021):
+    l = -(1 - eps_y) log p_y - eps_y (1/C) sum_j log p_j, with eps_y from `las_smoothing`."""
+
+    def __init__(self, class_counts: Sequence[int], *, eps_head: float = 0.4, eps_tail: float = 0.1,
+                 shape: str = "concave", power: float = 2.0):
+        super().__init__(class_counts)
+        smoothing = las_smoothing(self.counts.tolist(), eps_head, eps_tail, shape, power)
+        self.register_buffer("smoothing", smoothing.float(), persistent=False)
+
+    def per_sample(self, logits, target, features):
+        log_p = F.log_softmax(logits, dim=1)
+        eps = self.smoothing.to(logits)[target]
+        return -(1 - eps) * log_p.gather(1, target[:, None]).squeeze(1) - eps * log_p.mean(dim=1)
+
+
+# --------------------------------------------------------------------------------------------------- the registry
+@LOSSES.register("ce")
+def cross_entropy(class_counts: Sequence[int]) -> LTLoss:
+    """Softmax cross-entropy: l = -log softmax(z)_y."""
+    return LTLoss(class_counts)
+
+
+@LOSSES.register("focal")
+def focal(class_counts: Sequence[int], *, gamma: float = 2.0) -> LTLoss:
+    """Lin et al., "Focal Loss for Dense Object Detection" (ICCV 2017): l = -(1 - p_y)^gamma log p_y."""
+    return FocalLoss(class_counts, gamma=gamma)
+
+
+@LOSSES.register("cb_ce")
+def cb_ce(class_counts: Sequence[int], *, beta: float = 0.9999, drw_epoch: int | None = None) -> LTLoss:
+    """Cui et al., "Class-Balanced Loss Based on Effective Number of Samples" (CVPR 2019):
+    l = -w_y log p_y, w_j = (1 - beta) / (1 - beta^n_j) normalised to sum C; DRW from `drw_epoch` when set."""
+    return LTLoss(class_counts, class_weights=class_balanced_weights(class_counts, beta), drw_epoch=drw_epoch)
+
+
+@LOSSES.register("cb_focal")
+def cb_focal(class_counts: Sequence[int], *, beta: float = 0.9999, gamma: float = 2.0,
+             drw_epoch: int | None = None) -> LTLoss:
+    """Cui et al., "Class-Balanced Loss Based on Effective Number of Samples" (CVPR 2019) on the focal loss:
+    l = -w_y (1 - p_y)^gamma log p_y, w_j = (1 - beta) / (1 - beta^n_j) normalised to sum C; DRW when set."""
+    return FocalLoss(class_counts, gamma=gamma, class_weights=class_balanced_weights(class_counts, beta),
+                     drw_epoch=drw_epoch)
+
+
+LDAM_REWEIGHTS = ("none", "cb")
+
+
+@LOSSES.register("ldam")
+def ldam(class_counts: Sequence[int], *, max_m: float = 0.5, s: float = 30.0, reweight: str = "none",
+         beta: float = 0.9999, drw_epoch: int | None = None) -> LTLoss:
+    """Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss" (NeurIPS 2019):
+    l = -w_y log softmax(s (z - m_y 1_y))_y, m_j proportional to n_j^(-1/4), max_j m_j = max_m.
+
+    reweight="cb" uses the class-balanced weights (beta); with drw_epoch set this is LDAM-DRW.
+    """
+    check_choice("ldam: reweight", reweight, LDAM_REWEIGHTS)
+    if reweight == "none" and drw_epoch is not None:
+        raise ConfigError("ldam: drw_epoch defers class weights, but reweight='none' has none; "
+                          "set reweight='cb' (LDAM-DRW) or drw_epoch=None")
+    weights = class_balanced_weights(class_counts, beta) if reweight == "cb" else None
+    return LDAMLoss(class_counts, max_m=max_m, s=s, class_weights=weights, drw_epoch=drw_epoch)
+
+
+@LOSSES.register("balanced_softmax")
+def balanced_softmax(class_counts: Sequence[int]) -> LTLoss:
+    """Ren et al., "Balanced Meta-Softmax for Long-Tailed Visual Recognition" (NeurIPS 2020): l = CE(z + log n, y)."""
+    return LogitAdjustedLoss(class_counts, tau=1.0)
+
+
+@LOSSES.register("logit_adjust")
+def logit_adjust(class_counts: Sequence[int], *, tau: float = 1.0) -> LTLoss:
+    """Menon et al., "Long-tail learning via logit adjustment" (ICLR 2021): l = CE(z + tau log pi, y)."""
+    return LogitAdjustedLoss(class_counts, tau=tau)
+
+
+@LOSSES.register("lade")
+def lade(class_counts: Sequence[int], *, alpha: float = 0.1, remine_lambda: float = 0.1) -> LTLoss:
+    """Hong et al., "Disentangling Label Distribution for Long-tailed Visual Recognition" (CVPR 2021):
+    L = CE(z + log pi, y) + alpha * L_LADER (ReMINE regulariser with weight remine_lambda)."""
+    return LADELoss(class_counts, alpha=alpha, remine_lambda=remine_lambda)
+
+
+@LOSSES.register("gml")
+def gml(class_counts: Sequence[int]) -> LTLoss:
+    """Du & Wu, "No One Left Behind: Improving the Worst Categories in Long-Tailed Learning" (CVPR 2023,
+    arXiv 2303.03630): L = -(1/K) sum_c log mean_{i: y_i=c} softmax(z_i + log n)_c."""
+    return GMLLoss(class_counts)
+
+
+@LOSSES.register("feabal")
+def feabal(class_counts: Sequence[int], *, lam: float = 60.0, curriculum: bool = True) -> LTLoss:
+    """Li et al., "Feature-Balanced Loss for Long-Tailed Visual Recognition" (ICME 2022):
+    l = CE(z - lam (epoch/T)^2 a / ||f||, y), a_j = (log n_max - log n_j) / (log n_max - log n_min)."""
+    return FeatureBalancedLoss(class_counts, lam=lam, curriculum=curriculum)
+
+
+@LOSSES.register("las")
+def las(class_counts: Sequence[int], *, eps_head: float = 0.4, eps_tail: float = 0.1, shape: str = "concave",
+        power: float = 2.0) -> LTLoss:
+    """Zhong et al., "Improving Calibration for Long-Tailed Recognition" (MiSLAS, CVPR 2021), label-aware smoothing:
+    l = -(1 - eps_y) log p_y - eps_y mean_j log p_j, eps_j from eps_tail (rarest) to eps_head (most frequent)."""
+    return LabelAwareSmoothing(class_counts, eps_head=eps_head, eps_tail=eps_tail, shape=shape, power=power)
+
+
+def build_loss(name: str, class_counts: Sequence[int], **params) -> LTLoss:
+    """Loss `name` from LOSSES; unknown names or parameters raise ConfigError listing the valid ones."""
+    LOSSES.check_kwargs(name, params, fixed=("class_counts",))
+    return LOSSES.build(name, class_counts, **params)

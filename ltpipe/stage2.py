@@ -1,0 +1,45 @@
+"""Stage 2 driver: load frozen features and the stage-1 head, fit the chosen method, write head and logits."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict
+
+import pandas as pd
+import torch
+
+from ltpipe.classifier import Stage2Data, fit_stage2
+from ltpipe.classifier.heads import save_head
+from ltpipe.data.prepared import load_prepared
+from ltpipe.features import load_features
+from ltpipe.io import write_csv, write_json, write_npy
+from ltpipe.models import load_classifier
+from ltpipe.train.stage1 import named
+
+
+def weight_norms(head: torch.nn.Module) -> torch.Tensor:
+    """Per-class norm of the head's effective weight (heads without one, e.g. BBN's, report their classifier's)."""
+    weight = head.effective_weight() if hasattr(head, "effective_weight") else head.classifier.weight
+    return weight.detach().norm(dim=1)
+
+
+def retrain_classifier(params: Dict[str, Any], prepared_dir, model_dir, features_dir, out_dir) -> None:
+    cfg = params["stage2"]
+    method = cfg["method"]
+    prepared = load_prepared(prepared_dir)
+    base_head = load_classifier(model_dir).head
+    data = Stage2Data(
+        train_features=load_features(features_dir, "train"), train_labels=prepared.split("train").labels,
+        val_features=load_features(features_dir, "val"), val_labels=prepared.split("val").labels,
+        class_counts=list(prepared.class_counts), base_head=base_head, seed=int(params["seed"]))
+    head, info = fit_stage2(method, data, **named(cfg, method))
+    head.eval()
+    out_dir = Path(out_dir)
+    with torch.no_grad():
+        for split in ("val", "test"):
+            write_npy(out_dir / f"logits_{split}.npy", head(load_features(features_dir, split)).numpy())
+        norms = pd.DataFrame({"class": prepared.classes, "train_count": prepared.class_counts,
+                              "stage1": weight_norms(base_head).numpy().round(6),
+                              "stage2": weight_norms(head).numpy().round(6)})
+    save_head(out_dir / "head.safetensors", head)
+    write_json(out_dir / "info.json", {"method": method, **info})
+    write_csv(out_dir / "weight_norms.csv", norms.sort_values("train_count", ascending=False, kind="stable"))

@@ -1,0 +1,60 @@
+"""Shared fixtures: `project` is a temporary copy of the real pipeline after `dvc repro` with tiny params."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "train.epochs": 2,
+    "train.warmup_epochs": 1,
+    "train.batch_size": 64,
+    "model.backbone": "resnet8",
+    "stage2.crt.epochs": 2,
+}
+
+
+def run(cmd, cwd, check=True):
+    env = dict(os.environ, PYTHONPATH=str(cwd), DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, shell=isinstance(cmd, str))
+    if check and out.returncode:
+        raise AssertionError(f"{cmd} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+def set_params(path: Path, updates):
+    params = yaml.safe_load(path.read_text())
+    for key, value in updates.items():
+        *parents, leaf = key.split(".")
+        node = params
+        for p in parents:
+            node = node[p]
+        assert leaf in node, key
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+        shutil.copy(ROOT / name, tmp / name)
+    for name in ("stages", "ltpipe"):
+        shutil.copytree(ROOT / name, tmp / name, ignore=shutil.ignore_patterns("__pycache__"))
+    set_params(tmp / "params.yaml", TINY)
+    run("git init -q && dvc init -q && dvc config core.analytics false && git add -A && git commit -qm init", tmp)
+    repro = run("dvc repro", tmp)
+    run("git add -A && git commit -qm baseline", tmp)
+    return tmp, repro.stdout + repro.stderr
+
+
+def stages_ran(output: str):
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+

@@ -1,0 +1,345 @@
+"""Stage-2 methods on tiny synthetic features: each checked against its formula or a known equivalence."""
+import copy
+import importlib
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ltpipe.classifier import STAGE2, Stage2Data, fit_stage2
+from ltpipe.classifier.bbn import BBNHead, CumulativeLearning, bbn_alpha
+from ltpipe.classifier.heads import LinearHead, load_head, save_head
+from ltpipe.classifier.lws import ScaledLogits
+from ltpipe.errors import ConfigError
+from ltpipe.losses import build_loss
+
+COUNTS = [100, 50, 30, 20]
+C, D, VAL_PER_CLASS = len(COUNTS), 8, 10
+TRAINING = ["crt", "lws", "bbn", "weight_balancing", "mislas"]
+FAST = dict(epochs=2, progress=False)
+SMALL = {name: FAST for name in TRAINING}
+
+
+def clusters(counts, generator, spread=0.3):
+    """Well-separated Gaussian clusters around the scaled basis vectors e_0 .. e_{C-1} of R^D."""
+    labels = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    centers = 4.0 * torch.eye(len(counts), D)
+    return centers[labels] + spread * torch.randn(len(labels), D, generator=generator), labels
+
+
+def base_head(kind: str, generator) -> LinearHead:
+    """A stage-1-like head: class norms decreasing with frequency (the long-tail bias tau-norm undoes)."""
+    if kind == "cosine":
+        head = LinearHead(D, C, bias=False, normalize_weight=True, scale=2.0)
+    else:
+        head = LinearHead(D, C, bias=True, normalize_input=kind == "centred", center_input=kind == "centred")
+        head.bias.data = torch.randn(C, generator=generator)
+        if head.center is not None:
+            head.center.data = torch.randn(D, generator=generator)
+    norms = torch.tensor([3.0, 2.0, 1.0, 0.5])
+    head.weight.data = norms[:, None] * (torch.eye(C, D) + 0.3 * torch.randn(C, D, generator=generator))
+    return head
+
+
+def make_data(kind: str = "plain", seed: int = 0, val_per_class: int = VAL_PER_CLASS) -> Stage2Data:
+    g = torch.Generator().manual_seed(123)
+    train_x, train_y = clusters(COUNTS, g)
+    val_x, val_y = clusters([val_per_class] * C, g)
+    return Stage2Data(train_features=train_x, train_labels=train_y, val_features=val_x, val_labels=val_y,
+                      class_counts=list(COUNTS), base_head=base_head(kind, g), seed=seed)
+
+
+@pytest.fixture(params=["plain", "centred", "cosine"])
+def data(request):
+    return make_data(request.param)
+
+
+def stage1_weight(head: LinearHead) -> torch.Tensor:
+    w = head.weight.detach()
+    return w / w.norm(dim=1, keepdim=True) if head.normalize_weight else w
+
+
+def g_input(head: LinearHead, x: torch.Tensor) -> torch.Tensor:
+    """The stage-1 head's input transform, written out: x, or (x - mu) / ||x - mu||."""
+    if head.center is not None:
+        x = x - head.center
+    return x / x.norm(dim=1, keepdim=True) if head.normalize_input else x
+
+
+def state(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ---------------------------------------------------------------- none / tau-norm
+
+
+def test_none_is_a_copy_of_the_stage1_head(data):
+    head, info = fit_stage2("none", data)
+    assert head is not data.base_head and info == {}
+    torch.testing.assert_close(head(data.val_features), data.base_head(data.val_features), rtol=0, atol=0)
+
+
+def test_tau_zero_keeps_the_weight_and_drops_the_bias(data):
+    head, info = fit_stage2("tau_norm", data, tau=0.0)
+    b = data.base_head
+    expected = b.scale * g_input(b, data.val_features) @ stage1_weight(b).T
+    torch.testing.assert_close(head(data.val_features), expected)
+    bias = 0 if b.bias is None else b.scale * b.bias.detach()
+    torch.testing.assert_close(head(data.val_features), b(data.val_features).detach() - bias)
+    assert head.bias is None and info == {"tau": 0.0}
+
+
+def test_tau_one_equalises_weight_norms(data):
+    head, _ = fit_stage2("tau_norm", data, tau=1.0)
+    torch.testing.assert_close(head.effective_weight().norm(dim=1), torch.ones(C))
+    direction = F.normalize(stage1_weight(data.base_head), dim=1)
+    torch.testing.assert_close(head.weight.detach(), direction)
+
+
+def test_tau_none_picks_the_validation_argmax(data):
+    head, info = fit_stage2("tau_norm", data, grid_start=0.0, grid_stop=2.0, grid_num=9)
+    b = data.base_head
+    w, gx = stage1_weight(b), g_input(b, data.val_features)
+    grid = np.linspace(0.0, 2.0, 9)
+    accs = [((b.scale * gx @ (w / w.norm(dim=1, keepdim=True) ** t).T).argmax(1) == data.val_labels)
+            .double().mean().item() for t in grid]
+    best = accs.index(max(accs))
+    assert info["tau_grid"] == pytest.approx(list(grid))
+    assert info["val_acc"] == pytest.approx(accs)
+    assert info["tau"] == pytest.approx(grid[best])
+    torch.testing.assert_close(head.weight.detach(), w / w.norm(dim=1, keepdim=True) ** grid[best])
+
+
+def test_tau_ties_go_to_the_smallest_tau():
+    # a cosine base has unit norms, so every tau gives the same accuracy
+    _, info = fit_stage2("tau_norm", make_data("cosine"), grid_start=0.5, grid_stop=1.5, grid_num=3)
+    assert len(set(info["val_acc"])) == 1 and info["tau"] == 0.5
+
+
+def test_tau_norm_bad_input():
+    data = make_data(val_per_class=0)
+    with pytest.raises(ConfigError, match="validation split"):
+        fit_stage2("tau_norm", data)
+    fit_stage2("tau_norm", data, tau=1.0)  # a fixed tau needs no validation split
+    with pytest.raises(ConfigError, match=r"tau must be a number in \[0"):
+        fit_stage2("tau_norm", make_data(), tau=-0.5)
+    with pytest.raises(ConfigError, match="grid_num must be an integer >= 1"):
+        fit_stage2("tau_norm", make_data(), grid_num=0)
+    with pytest.raises(ConfigError, match="grid_stop"):
+        fit_stage2("tau_norm", make_data(), grid_start=1.0, grid_stop=0.5)
+
+
+# ---------------------------------------------------------------- LWS
+
+
+def test_lws_at_init_reproduces_stage1_logits(data):
+    model = ScaledLogits(copy.deepcopy(data.base_head))
+    expected = data.base_head(data.val_features).detach()
+    torch.testing.assert_close(model(data.val_features).detach(), expected)
+    torch.testing.assert_close(model.fold()(data.val_features), expected)
+
+
+def test_lws_learns_only_the_scale(data):
+    head, info = fit_stage2("lws", data, **FAST)
+    f = torch.tensor(info["scales"])
+    assert not torch.allclose(f, torch.ones(C)), "the scales should move"
+    w = stage1_weight(data.base_head)
+    torch.testing.assert_close(head.weight.detach(), f[:, None] * w)
+    torch.testing.assert_close(F.normalize(head.weight.detach(), dim=1), F.normalize(w, dim=1))
+    if data.base_head.bias is not None:
+        torch.testing.assert_close(head.bias.detach(), f * data.base_head.bias.detach())
+    torch.testing.assert_close(head(data.val_features), f * data.base_head(data.val_features).detach())
+
+
+# ---------------------------------------------------------------- NCM
+
+
+def test_ncm_weights_are_normalised_class_means_and_separate_clusters():
+    data = make_data()
+    head, _ = fit_stage2("ncm", data)
+    x, y = data.train_features, data.train_labels
+    mu = x.mean(0)
+    z = (x - mu) / (x - mu).norm(dim=1, keepdim=True)
+    means = torch.stack([z[y == c].mean(0) for c in range(C)])
+    torch.testing.assert_close(head.weight.detach(), means / means.norm(dim=1, keepdim=True))
+    torch.testing.assert_close(head.center, mu)
+    assert head.bias is None
+    zv = (data.val_features - mu) / (data.val_features - mu).norm(dim=1, keepdim=True)
+    torch.testing.assert_close(head(data.val_features), zv @ head.weight.detach().T)
+    assert torch.equal(head(data.val_features).argmax(1), data.val_labels)
+
+
+# ---------------------------------------------------------------- cRT
+
+
+def test_crt_keeps_base_head_and_learns_separable_data():
+    data = make_data()
+    before = state(data.base_head)
+    head, info = fit_stage2("crt", data, epochs=20, progress=False)
+    assert_same_state(state(data.base_head), before)
+    assert len(info["loss_curve"]) == 20 and info["loss_curve"][-1] < info["loss_curve"][0]
+    assert (head(data.val_features).argmax(1) == data.val_labels).float().mean() == 1.0
+
+
+def test_crt_with_a_cosine_loss_gets_a_cosine_head():
+    loss = build_loss("ldam", COUNTS)
+    if not loss.needs_normed_classifier:
+        pytest.skip("ldam does not ask for a cosine classifier")
+    head, _ = fit_stage2("crt", make_data(), loss="ldam", **FAST)
+    assert head.normalize_weight and head.bias is None
+
+
+# ---------------------------------------------------------------- BBN
+
+
+def test_bbn_alpha_schedule():
+    assert bbn_alpha(0, 10) == 1.0
+    assert bbn_alpha(5, 10) == pytest.approx(0.75)
+    assert bbn_alpha(10, 10) == 0.0
+    _, info = fit_stage2("bbn", make_data(), **FAST)
+    assert info["alpha"] == [1 - (t / 2) ** 2 for t in range(2)]
+
+
+def test_bbn_head_infers_with_equal_branch_weights():
+    head, _ = fit_stage2("bbn", make_data(), hidden=5, **FAST)
+    assert head.kwargs == dict(in_features=D, num_classes=C, hidden=5)
+    x = make_data().val_features
+    conv, reb, cls = head.conventional[0], head.rebalancing[0], head.classifier
+    f_c = torch.relu(x @ conv.weight.T + conv.bias)
+    f_r = torch.relu(x @ reb.weight.T + reb.bias)
+    expected = torch.cat([0.5 * f_c, 0.5 * f_r], 1) @ cls.weight.T + cls.bias
+    torch.testing.assert_close(head(x), expected)
+
+
+def test_bbn_cumulative_loss_matches_its_formula():
+    g = torch.Generator().manual_seed(0)
+    head = BBNHead(D, C, 6)
+    objective = CumulativeLearning(head, build_loss("ce", COUNTS))
+    objective.set_epoch(3, 4)
+    alpha = 1 - (3 / 4) ** 2
+    x_c, x_r = torch.randn(7, D, generator=g), torch.randn(7, D, generator=g)
+    y_c, y_r = torch.randint(0, C, (7,), generator=g), torch.randint(0, C, (7,), generator=g)
+    out = head.classifier(torch.cat([alpha * head.conventional(x_c), (1 - alpha) * head.rebalancing(x_r)], 1))
+    expected = alpha * F.cross_entropy(out, y_c) + (1 - alpha) * F.cross_entropy(out, y_r)
+    torch.testing.assert_close(objective([(x_c, y_c), (x_r, y_r)]), expected)
+
+
+# ---------------------------------------------------------------- weight balancing
+
+
+def test_weight_balancing_projects_norms_below_the_threshold():
+    data = make_data()
+    norms = data.base_head.weight.detach().norm(dim=1)
+    threshold = norms.min() + 0.2 * (norms.max() - norms.min())
+    head, info = fit_stage2("weight_balancing", data, max_norm=0.2, **FAST)
+    assert info["max_norm_threshold"] == pytest.approx(threshold.item())
+    final = head.weight.detach().norm(dim=1)
+    assert (final <= threshold + 1e-6).all()
+    loose, _ = fit_stage2("weight_balancing", data, max_norm=1.0, **FAST)
+    assert loose.weight.detach().norm(dim=1).max() > threshold, "without the tight threshold the norms stay large"
+
+
+# ---------------------------------------------------------------- every method
+
+
+@pytest.mark.parametrize("method", TRAINING)
+def test_same_seed_same_head(method):
+    a, info_a = fit_stage2(method, make_data(seed=3), **SMALL[method])
+    b, info_b = fit_stage2(method, make_data(seed=3), **SMALL[method])
+    assert_same_state(state(a), state(b))
+    assert info_a == info_b
+    c, _ = fit_stage2(method, make_data(seed=4), **SMALL[method])
+    assert any(not torch.equal(v, state(c)[k]) for k, v in state(a).items())
+
+
+def test_training_leaves_the_global_rng_alone():
+    data = make_data()
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    for method in TRAINING:
+        fit_stage2(method, data, **SMALL[method])
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("method", STAGE2.names())
+def test_every_method_smoke_and_save_load_round_trip(method, tmp_path, data):
+    before = state(data.base_head)
+    head, info = fit_stage2(method, data, **SMALL.get(method, {}))
+    assert_same_state(state(data.base_head), before)
+    logits = head(data.val_features)
+    assert logits.shape == (C * VAL_PER_CLASS, C) and torch.isfinite(logits).all()
+    json.dumps(info, allow_nan=False)
+    save_head(tmp_path / "head.safetensors", head)
+    again = load_head(tmp_path / "head.safetensors")
+    assert type(again) is type(head)
+    torch.testing.assert_close(again(data.val_features), logits, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_unknown_method_and_parameter_are_rejected_with_choices():
+    with pytest.raises(ConfigError, match="unknown stage-2 method 'crtt'.*crt.*tau_norm"):
+        fit_stage2("crtt", make_data())
+    with pytest.raises(ConfigError, match="takes no parameter 'taux'.*tau, grid_start"):
+        fit_stage2("tau_norm", make_data(), taux=1.0)
+
+
+@pytest.mark.parametrize("method", TRAINING)
+@pytest.mark.parametrize("bad, message", [
+    (dict(epochs=0), "epochs must be an integer >= 1"),
+    (dict(lr=0.0), r"lr must be a number in \(0"),
+    (dict(lr=-0.1), r"lr must be a number in \(0"),
+    (dict(batch_size=0), "batch_size must be an integer >= 1"),
+    (dict(schedule="linear"), "unknown lr schedule 'linear'.*cosine"),
+])
+def test_bad_training_params_fail_before_training(method, bad, message, monkeypatch):
+    monkeypatch.setattr(importlib.import_module(f"ltpipe.classifier.{method}"), "fit", _no_training)
+    with pytest.raises(ConfigError, match=message):
+        fit_stage2(method, make_data(), **bad)
+
+
+@pytest.mark.parametrize("method", ["crt", "lws", "weight_balancing", "mislas"])
+def test_unknown_sampler_fails_before_training(method, monkeypatch):
+    monkeypatch.setattr(importlib.import_module(f"ltpipe.classifier.{method}"), "fit", _no_training)
+    with pytest.raises(ConfigError, match="unknown sampler 'balanced'.*class_balanced"):
+        fit_stage2(method, make_data(), sampler="balanced")
+
+
+@pytest.mark.parametrize("method", ["crt", "lws", "weight_balancing", "bbn"])
+def test_unknown_loss_fails_before_training(method, monkeypatch):
+    monkeypatch.setattr(importlib.import_module(f"ltpipe.classifier.{method}"), "fit", _no_training)
+    with pytest.raises(ConfigError, match="unknown loss 'cee'.*ce"):
+        fit_stage2(method, make_data(), loss="cee")
+
+
+def test_method_specific_bad_values():
+    with pytest.raises(ConfigError, match="max_norm"):
+        fit_stage2("weight_balancing", make_data(), max_norm=-1.0)
+    with pytest.raises(ConfigError, match="hidden must be an integer >= 1"):
+        fit_stage2("bbn", make_data(), hidden=0)
+    with pytest.raises(ConfigError, match="sampler_params must be a mapping"):
+        fit_stage2("crt", make_data(), sampler_params=[1, 2])
+
+
+def test_inconsistent_data_is_rejected():
+    d = make_data()
+    with pytest.raises(ConfigError, match="labels must lie in"):
+        Stage2Data(d.train_features, d.train_labels, d.val_features, d.val_labels, COUNTS[:3], d.base_head, 0)
+    with pytest.raises(ConfigError, match="features must be"):
+        Stage2Data(d.train_features, d.train_labels[:-1], d.val_features, d.val_labels, COUNTS, d.base_head, 0)
+    with pytest.raises(ConfigError, match="stage-1 head"):
+        Stage2Data(d.train_features, d.train_labels, d.val_features, d.val_labels, COUNTS, LinearHead(D + 1, C), 0)
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("training started before the parameters were validated")
