@@ -1,4 +1,5 @@
-"""`ltpipe` console script: `report` (compare experiments), `predict` (classify image files), `validate` (params.yaml)."""
+"""`ltpipe` console script: `report` (compare experiments), `predict` (classify image files) and `validate`
+(check params.yaml)."""
 from __future__ import annotations
 
 import argparse

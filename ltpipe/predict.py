@@ -11,7 +11,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from ltpipe.classifier.heads import load_head
+from ltpipe.models.heads import load_head
 from ltpipe.data.decode import decode_files
 from ltpipe.data.loader import BatchLoader
 from ltpipe.data.prepared import Prepared, PreparedSplit, load_prepared

@@ -51,3 +51,11 @@ class Registry:
     def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
         self.check_kwargs(name, kwargs)
         return self.get(name)(*args, **kwargs)
+
+
+def named_kwargs(section: Dict[str, Any] | None, name: str, where: str = "params") -> Dict[str, Any]:
+    """The keyword-argument block `section[name]` of params.yaml's per-method blocks ({} when absent)."""
+    block = (section or {}).get(name) or {}
+    if not isinstance(block, dict):
+        raise ConfigError(f"params.yaml: {where}.{name} must be a mapping of keyword arguments, got {block!r}")
+    return dict(block)

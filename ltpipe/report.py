@@ -109,8 +109,9 @@ def compare_per_class(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     rank, class, shot, train_count_old/new, accuracy_old/new and delta = new - old (NaN where either is missing)."""
     order = pd.DataFrame({"class": list(dict.fromkeys([*new["class"], *old["class"]]))})
     # Left merges keep `order`'s row order (an outer merge would sort the class names).
-    merged = (order.merge(new[["class", "shot", "train_count", "accuracy"]], on="class", how="left")
-              .merge(old[["class", "shot", "train_count", "accuracy"]], on="class", how="left", suffixes=("", "_old")))
+    columns = list(PER_CLASS_COLUMNS)
+    merged = (order.merge(new[columns], on="class", how="left")
+              .merge(old[columns], on="class", how="left", suffixes=("", "_old")))
     return pd.DataFrame({
         "rank": range(len(merged)),
         "class": merged["class"],
@@ -187,8 +188,7 @@ def _number(value: Any) -> float:
 
 
 def _display_name(entry: Dict[str, Any]) -> str:
-    rev = entry.get("rev") or "?"
-    return entry.get("name") or (WORKSPACE if rev == WORKSPACE else _short_rev(rev))
+    return entry.get("name") or _short_rev(entry.get("rev"))
 
 
 def _short_rev(rev: Optional[str]) -> str:

@@ -8,12 +8,13 @@ import pandas as pd
 import torch
 
 from ltpipe.classifier import Stage2Data, fit_stage2
-from ltpipe.classifier.heads import save_head
+from ltpipe.models.heads import save_head
 from ltpipe.data.prepared import load_prepared
 from ltpipe.features import load_features
 from ltpipe.io import write_csv, write_json, write_npy
 from ltpipe.models import load_classifier
-from ltpipe.train.stage1 import named
+from ltpipe.tables import frequency_ranked
+from ltpipe.registry import named_kwargs
 
 
 def weight_norms(head: torch.nn.Module) -> torch.Tensor:
@@ -31,7 +32,7 @@ def retrain_classifier(params: Dict[str, Any], prepared_dir, model_dir, features
         train_features=load_features(features_dir, "train"), train_labels=prepared.split("train").labels,
         val_features=load_features(features_dir, "val"), val_labels=prepared.split("val").labels,
         class_counts=list(prepared.class_counts), base_head=base_head, seed=int(params["seed"]))
-    head, info = fit_stage2(method, data, **named(cfg, method))
+    head, info = fit_stage2(method, data, **named_kwargs(cfg, method, "stage2"))
     head.eval()
     out_dir = Path(out_dir)
     with torch.no_grad():
@@ -42,4 +43,4 @@ def retrain_classifier(params: Dict[str, Any], prepared_dir, model_dir, features
                               "stage2": weight_norms(head).numpy().round(6)})
     save_head(out_dir / "head.safetensors", head)
     write_json(out_dir / "info.json", {"method": method, **info})
-    write_csv(out_dir / "weight_norms.csv", norms.sort_values("train_count", ascending=False, kind="stable"))
+    write_csv(out_dir / "weight_norms.csv", frequency_ranked(norms))

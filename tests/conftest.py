@@ -58,3 +58,9 @@ def stages_ran(output: str):
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
+
+
+def checkout_baseline(root):
+    """Tracked files and DVC outputs back to the baseline commit: a failed experiment leaves a half-emptied
+    workspace (DVC removes a stage's outputs before running it)."""
+    run("git checkout -q -- . && dvc checkout -q --force", root)

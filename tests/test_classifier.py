@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ltpipe.classifier import STAGE2, Stage2Data, fit_stage2
 from ltpipe.classifier.bbn import BBNHead, CumulativeLearning, bbn_alpha
-from ltpipe.classifier.heads import LinearHead, load_head, save_head
+from ltpipe.models.heads import LinearHead, load_head, save_head
 from ltpipe.classifier.lws import ScaledLogits
 from ltpipe.errors import ConfigError
 from ltpipe.losses import build_loss

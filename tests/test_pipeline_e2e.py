@@ -1,9 +1,16 @@
 """The real pipeline, end to end, in a temporary copy: git init, dvc init, dvc repro, dvc exp run -S ..."""
 import json
 
+import numpy as np
 import pytest
+import torch
 
-from conftest import run, stages_ran
+from conftest import checkout_baseline, run, stages_ran
+from ltpipe.classifier import STAGE2
+from ltpipe.models.heads import load_head
+from ltpipe.evaluate import evaluate
+from ltpipe.io import load_params
+from ltpipe.stage2 import retrain_classifier
 
 pytestmark = pytest.mark.slow
 
@@ -47,10 +54,39 @@ def test_exp_run_loss_changes_metrics_and_stage2_change_keeps_stage1(project):
     assert len(json.dumps(shown)) > 0 and "tau_norm" in json.dumps(shown)
 
 
-def test_bad_name_fails_fast_without_outputs(project):
+@pytest.mark.parametrize("loss", ["ldam", "balanced_softmax", "cb_focal"])
+def test_exp_run_other_losses(project, loss):
     tmp, _ = project
-    run("git stash -q --include-untracked || true", tmp, check=False)
-    bad = run("dvc exp run -S stage2.method=tau_normm", tmp, check=False)
+    out = run(f"dvc exp run -S loss={loss}", tmp)
+    assert "train_backbone" in stages_ran(out.stdout)
+    assert json.loads(run("dvc params diff --json", tmp).stdout)["params.yaml"]["loss"]["new"] == loss
+    assert 0.0 <= json.loads((tmp / "metrics/metrics.json").read_text())["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("method", STAGE2.names())
+def test_every_stage2_method_through_the_driver(project, method, tmp_path):
+    tmp, _ = project
+    params = load_params(tmp / "params.yaml")
+    params["stage2"]["method"] = method
+    retrain_classifier(params, tmp / "data/prepared", tmp / "artifacts/stage1", tmp / "artifacts/features", tmp_path)
+    evaluate(params, tmp / "data/prepared", tmp_path, tmp_path / "metrics")
+    head = load_head(tmp_path / "head.safetensors")
+    with torch.no_grad():
+        logits = head(torch.from_numpy(np.load(tmp / "artifacts/features/test_features.npy")))
+    assert np.array_equal(logits.numpy(), np.load(tmp_path / "logits_test.npy"))
+    assert json.loads((tmp_path / "info.json").read_text())["method"] == method
+    metrics = json.loads((tmp_path / "metrics/metrics.json").read_text())
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+
+
+def test_bad_stage2_name_fails_before_stage1_trains(project):
+    tmp, _ = project
+    try:
+        bad = run("dvc exp run -S train.lr=0.02 -S stage2.method=tau_normm", tmp, check=False)
+    finally:
+        checkout_baseline(tmp)
+    log = bad.stdout + bad.stderr
     assert bad.returncode != 0
-    assert "unknown stage-2 method 'tau_normm'" in bad.stdout + bad.stderr
-    assert "crt" in bad.stdout + bad.stderr
+    assert "unknown stage-2 method 'tau_normm'; valid choices:" in log and "crt" in log
+    assert "stage 1 epoch" not in log, "the error must come before any training"
+    assert not (tmp / "data/resume/stage1.pt").exists()

@@ -4,8 +4,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from imagedata import save_image, truncate, write_list, write_tree
+from imagedata import truncate, write_list, write_tree
 
+from ltpipe.data.decode import decode_files
 from ltpipe.data.imbalance import long_tailed_counts
 from ltpipe.data.prepare import IMAGENET_MEAN, prepare
 from ltpipe.data.prepared import load_prepared
@@ -230,3 +231,13 @@ def test_manifest_naturally_long_tailed(tmp_path):
     params["dataset"]["manifest"] = {"root": str(tmp_path), "train_list": "train.txt"}
     prepare(params, tmp_path / "out")
     assert json.loads((tmp_path / "out/class_counts.json").read_text()) == {"0": 4, "1": 1}
+
+
+@pytest.mark.parametrize("max_size", [0, 8, 64])
+def test_truncated_jpeg_is_caught_when_cached_or_only_verified(tmp_path, max_size):
+    written = write_tree(tmp_path, {"j": {"c": 3}}, size=40, ext="jpg")
+    paths = [str(tmp_path / rel) for rel in sorted(written)]
+    truncate(tmp_path / sorted(written)[1], keep=0.6)
+    decoded = decode_files(paths, max_size=max_size)
+    assert decoded.keep.tolist() == [0, 2] and list(decoded.bad) == [1] and decoded.channels == 3
+    assert (decoded.images is None) == (max_size < 40)

@@ -11,7 +11,7 @@ from typing import Any, Dict, Tuple
 from torch import nn
 
 from ltpipe.classifier.base import STAGE2, Stage2Data
-from ltpipe.classifier.heads import LinearHead
+from ltpipe.models.heads import LinearHead
 
 __all__ = ["STAGE2", "Stage2Data", "fit_stage2"]
 

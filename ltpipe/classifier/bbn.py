@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ltpipe.classifier.base import STAGE2, Stage2Data, build_module, check_int, init_linear_, seeded_generator
-from ltpipe.classifier.heads import HEADS
+from ltpipe.models.heads import HEADS
 from ltpipe.classifier.train import Batch, Recipe, fit, sampler_and_loss
 from ltpipe.losses import LTLoss
 from ltpipe.samplers import build_sampler

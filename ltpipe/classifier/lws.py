@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ltpipe.classifier.base import STAGE2, Stage2Data, linear_like
-from ltpipe.classifier.heads import LinearHead
+from ltpipe.models.heads import LinearHead
 from ltpipe.classifier.train import Recipe, Supervised, fit, sampler_and_loss
 
 

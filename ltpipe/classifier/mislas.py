@@ -5,7 +5,7 @@ import copy
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from ltpipe.classifier.base import STAGE2, Stage2Data, check_number
-from ltpipe.classifier.heads import LinearHead
+from ltpipe.models.heads import LinearHead
 from ltpipe.classifier.lws import ScaledLogits
 from ltpipe.classifier.train import Recipe, Supervised, fit, sampler_and_loss
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ltpipe.classifier.base import STAGE2, Stage2Data, make_linear
-from ltpipe.classifier.heads import LinearHead
+from ltpipe.models.heads import LinearHead
 
 
 @STAGE2.register("ncm")

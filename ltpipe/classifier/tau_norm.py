@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ltpipe.classifier.base import STAGE2, Stage2Data, accuracy, check_int, check_number, linear_like
-from ltpipe.classifier.heads import LinearHead
+from ltpipe.models.heads import LinearHead
 from ltpipe.errors import ConfigError
 
 

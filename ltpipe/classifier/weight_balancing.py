@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from ltpipe.classifier.base import STAGE2, Stage2Data, check_number, plain_copy
-from ltpipe.classifier.heads import LinearHead
+from ltpipe.models.heads import LinearHead
 from ltpipe.classifier.train import Recipe, Supervised, fit, sampler_and_loss
 
 

@@ -81,14 +81,15 @@ def crop_flip(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flips: torch.
     """Random crop of the zero-padded batch, then horizontal flip, as one gather: out[b, i, j] =
     pad(x)[b, oy_b + i, ox_b + (W-1-j if flip_b else j)]. x is (B, H, W, Ch), any dtype."""
     b, h, w, c = x.shape
-    if padding:
-        padded = x.new_zeros(b, h + 2 * padding, w + 2 * padding, c)
-        padded[:, padding:padding + h, padding:padding + w] = x
-        x = padded
+    hp, wp = h + 2 * padding, w + 2 * padding
+    padded = x.new_zeros(b, hp, wp, c)
+    padded[:, padding:padding + h, padding:padding + w] = x
     rows = oy[:, None] + torch.arange(h)
     cols = torch.arange(w).expand(b, w)
     cols = ox[:, None] + torch.where(flips[:, None], cols.flip(1), cols)
-    return x[torch.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    # One flat row index per output pixel: index_select copies whole Ch-vectors, ~2x faster than 3-D indexing.
+    pixel = (torch.arange(b)[:, None, None] * hp + rows[:, :, None]) * wp + cols[:, None, :]
+    return padded.view(b * hp * wp, c).index_select(0, pixel.view(-1)).view(b, h, w, c)
 
 
 def seeded(fn: Callable, x, seed: int):
@@ -117,8 +118,9 @@ class Normalize:
         self.scale, self.shift = 1.0 / (255.0 * std), mean / std
 
     def __call__(self, x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-        out = x.float().mul_(self.scale).sub_(self.shift)
-        return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        # Reorder the memory while still uint8 (4x fewer bytes than after the float conversion).
+        x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        return x.float().mul_(self.scale).sub_(self.shift)
 
 
 def stream_transform(train: bool, image_size: int, augment: Augment | None) -> Callable:

@@ -35,7 +35,7 @@ def _decode(path: str, max_size: int, image_size: int | None):
         mode = "L" if gray else "RGB"
         if max(size) > max_size:
             # Large images are only verified: a JPEG decoded at reduced scale still reads its whole stream.
-            im.draft(mode, (max_size, max_size))
+            im.draft(mode, (max(max_size, 1),) * 2)
             im.load()
             return None, gray, size
         im.load()

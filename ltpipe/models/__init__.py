@@ -8,7 +8,7 @@ from typing import Any, Dict
 import torch
 from torch import nn
 
-from ltpipe.classifier.heads import LinearHead
+from ltpipe.models.heads import LinearHead
 from ltpipe.errors import ConfigError
 from ltpipe.io import load_tensors, save_tensors, write_json
 from ltpipe.models.resnet_cifar import CifarResNet

@@ -13,6 +13,7 @@ from ltpipe.data.prepared import load_prepared
 from ltpipe.losses import build_loss
 from ltpipe.mixing import build_mixer
 from ltpipe.models import Classifier, save_classifier
+from ltpipe.registry import named_kwargs
 from ltpipe.samplers import build_sampler
 from ltpipe.train.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from ltpipe.train.schedule import build_sgd
@@ -23,11 +24,6 @@ STAGE1_PARAMS = ("seed", "loss", "losses", "model", "train", "samplers", "mixers
 def epoch_seed(seed: int, epoch: int) -> int:
     """One seed per (run seed, epoch): resuming at any epoch redraws exactly what an uninterrupted run draws."""
     return seed * 1_000_003 + epoch
-
-
-def named(section: Dict[str, Any], name: str) -> Dict[str, Any]:
-    """The kwargs block `section[name]` (params.yaml's per-method blocks), empty when absent."""
-    return dict((section or {}).get(name) or {})
 
 
 @torch.no_grad()
@@ -46,9 +42,9 @@ def train_backbone(params: Dict[str, Any], prepared_dir, out_dir, live_dir, chec
     counts, num_classes = prepared.class_counts, len(prepared.classes)
 
     # Everything that can reject params is built before the model trains one step.
-    loss_fn = build_loss(params["loss"], counts, **named(params.get("losses"), params["loss"]))
-    sampler = build_sampler(cfg["sampler"], train.labels, num_classes, **named(params.get("samplers"), cfg["sampler"]))
-    mixer = build_mixer(cfg["mixer"], counts, **named(params.get("mixers"), cfg["mixer"]))
+    loss_fn = build_loss(params["loss"], counts, **named_kwargs(params.get("losses"), params["loss"], "losses"))
+    sampler = build_sampler(cfg["sampler"], train.labels, num_classes, **named_kwargs(params.get("samplers"), cfg["sampler"], "samplers"))
+    mixer = build_mixer(cfg["mixer"], counts, **named_kwargs(params.get("mixers"), cfg["mixer"], "mixers"))
     loader_kw = dict(mean=prepared.info["mean"], std=prepared.info["std"], image_size=prepared.info.get("image_size"),
                      num_workers=int(cfg.get("num_workers", 0)), channels_last=bool(cfg.get("channels_last", False)))
     train_loader = BatchLoader(train, batch_size=int(cfg["batch_size"]), train=True, augment=cfg.get("augment") or {},

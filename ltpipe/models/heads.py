@@ -51,6 +51,8 @@ def save_head(path, head: nn.Module) -> None:
 def load_head(path) -> nn.Module:
     from safetensors import safe_open
 
+    import ltpipe.classifier  # noqa: F401  (registers the stage-2 heads, e.g. BBN's, in HEADS)
+
     with safe_open(str(path), framework="pt") as f:
         meta: Dict[str, Any] = f.metadata()
     head = HEADS.build(meta["head"], **json.loads(meta["kwargs"]))
