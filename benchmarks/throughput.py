@@ -143,8 +143,10 @@ def main() -> None:
             rows.append((f"(b) {args.backbone} fwd+bwd+SGD{', channels_last' if cl else ''}",
                          model_rate(args.backbone, args.batch_size, args.model_steps, cl)))
         if not args.skip_epoch:
-            rows.append((f"(c) stage-1 epoch, {args.backbone}, {n_train} images",
-                         epoch_rate(params, work / "prepared", work, n_train)))
+            for cl in (False, True):
+                params["train"]["channels_last"] = cl
+                rows.append((f"(c) stage-1 epoch, {args.backbone}, {n_train} images{', channels_last' if cl else ''}",
+                             epoch_rate(params, work / "prepared", work, n_train)))
     # Other processes on the machine skew every rate; the load average says how busy it was.
     print(f"load average (1/5/15 min) at the end: {' / '.join(f'{v:.2f}' for v in os.getloadavg())}")
     width = max(len(r[0]) for r in rows)
@@ -152,6 +154,12 @@ def main() -> None:
     print(f"| {'what'.ljust(width)} | images/s |\n|{'-' * (width + 2)}|---------:|")
     for what, rate in rows:
         print(f"| {what.ljust(width)} | {rate:8.0f} |")
+    rates = dict(rows)
+    for suffix in ("", ", channels_last"):
+        epoch = rates.get(f"(c) stage-1 epoch, {args.backbone}, {n_train} images{suffix}")
+        if epoch:
+            model = rates[f"(b) {args.backbone} fwd+bwd+SGD{suffix}"]
+            print(f"stage-1 epoch / model alone{suffix or ' (default memory format)'}: {epoch / model:.0%}")
 
 
 if __name__ == "__main__":

@@ -70,3 +70,17 @@ def load_validated_params(path: str = "params.yaml") -> Dict[str, Any]:
     params = load_params(path)
     validate(params)
     return params
+
+
+def stage_main(description: str, run, *flags: str, with_params: bool = True) -> None:
+    """The whole of a `stages/*.py` entry point: parse the path flags dvc.yaml passes, validate params.yaml, then
+    call `run([params,] *paths)` with the paths in the order of `flags`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    for flag in flags:
+        parser.add_argument(flag, required=True)
+    args = vars(parser.parse_args())
+    paths = [args[flag.lstrip("-").replace("-", "_")] for flag in flags]
+    params = load_validated_params()
+    run(*([params] if with_params else []), *paths)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
+from tqdm import tqdm
 
 from ltpipe.errors import ConfigError
 
@@ -68,7 +69,9 @@ def decode_files(paths: Sequence[str], *, max_size: int, image_size: int | None 
     """
     chunks = [paths[i:i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
     with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        results = [r for chunk in pool.map(lambda c: _decode_chunk(c, max_size, image_size), chunks) for r in chunk]
+        done = pool.map(lambda c: _decode_chunk(c, max_size, image_size), chunks)
+        results = [r for chunk in tqdm(done, total=len(chunks), desc=f"decoding {len(paths)} images", unit="chunk",
+                                       leave=False, disable=len(chunks) < 4) for r in chunk]
     bad = {i: r[3] for i, r in enumerate(results) if r[3] is not None}
     keep = np.asarray([i for i in range(len(results)) if i not in bad], dtype=np.int64)
     good = [results[i] for i in keep]
