@@ -10,6 +10,7 @@ from ltpipe.classifier import STAGE2
 from ltpipe.models.heads import load_head
 from ltpipe.evaluate import evaluate
 from ltpipe.io import load_params
+from ltpipe.report import experiments_table
 from ltpipe.stage2 import retrain_classifier
 
 pytestmark = pytest.mark.slow
@@ -50,8 +51,10 @@ def test_exp_run_loss_changes_metrics_and_stage2_change_keeps_stage1(project):
     info = json.loads((tmp / "artifacts/stage2/info.json").read_text())
     assert info["method"] == "tau_norm" and "tau" in info
 
-    shown = json.loads(run("dvc exp show --json", tmp).stdout)
-    assert len(json.dumps(shown)) > 0 and "tau_norm" in json.dumps(shown)
+    table = experiments_table(json.loads(run("dvc exp show --json", tmp).stdout))
+    done = table[table["state"] == "done"]
+    assert {"focal"} <= set(done["loss"]) and "tau_norm" in set(done["stage2.method"]), table
+    assert done["accuracy"].notna().all(), table
 
 
 @pytest.mark.parametrize("loss", ["ldam", "balanced_softmax", "cb_focal"])
