@@ -48,7 +48,9 @@ def project(tmp_path_factory):
     for name in ("stages", "ltpipe"):
         shutil.copytree(ROOT / name, tmp / name, ignore=shutil.ignore_patterns("__pycache__"))
     set_params(tmp / "params.yaml", TINY)
-    run("git init -q && dvc init -q && dvc config core.analytics false && git add -A && git commit -qm init", tmp)
+    run("git init -q && dvc init -q && dvc config core.analytics false", tmp)
+    shutil.copytree(ROOT / ".dvc/plots", tmp / ".dvc/plots")  # the project's custom plot templates
+    run("git add -A && git commit -qm init", tmp)
     repro = run("dvc repro", tmp)
     run("git add -A && git commit -qm baseline", tmp)
     return tmp, repro.stdout + repro.stderr

@@ -71,7 +71,9 @@ def test_every_stage2_method_through_the_driver(project, method, tmp_path):
     tmp, _ = project
     params = load_params(tmp / "params.yaml")
     params["stage2"]["method"] = method
+    stage1_bytes = (tmp / "artifacts/stage1/model.safetensors").read_bytes()
     retrain_classifier(params, tmp / "data/prepared", tmp / "artifacts/stage1", tmp / "artifacts/features", tmp_path)
+    assert (tmp / "artifacts/stage1/model.safetensors").read_bytes() == stage1_bytes, "backbone must stay frozen"
     evaluate(params, tmp / "data/prepared", tmp_path, tmp_path / "metrics")
     head = load_head(tmp_path / "head.safetensors")
     with torch.no_grad():
@@ -80,6 +82,20 @@ def test_every_stage2_method_through_the_driver(project, method, tmp_path):
     assert json.loads((tmp_path / "info.json").read_text())["method"] == method
     metrics = json.loads((tmp_path / "metrics/metrics.json").read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0
+
+
+def test_tsne_plot_is_coloured_by_class(project):
+    tmp, _ = project
+    try:
+        out = run("dvc exp run -S evaluate.tsne=true", tmp)
+        assert stages_ran(out.stdout) == {"evaluate"}
+        tsne = json.loads(run("dvc plots show --json --split", tmp).stdout)["data"]["tsne"][0]
+        assert tsne["content"]["encoding"]["color"]["field"] == "class"
+        points = tsne["anchor_definitions"]["<DVC_METRIC_DATA>"]
+        assert len(points) == json.loads((tmp / "metrics/metrics.json").read_text())["num_test"]
+        assert {p["class"] for p in points} == set(json.loads((tmp / "data/prepared/classes.json").read_text()))
+    finally:
+        checkout_baseline(tmp)
 
 
 def test_bad_stage2_name_fails_before_stage1_trains(project):
