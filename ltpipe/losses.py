@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ltpipe.checks import check_choice, check_real
 from ltpipe.errors import ConfigError
 from ltpipe.priors import class_prior, log_prior
 from ltpipe.registry import Registry
@@ -27,23 +28,6 @@ LOSSES = Registry("loss")
 
 
 # ----------------------------------------------------------------------------------------------- input validation
-def check_real(what: str, value, *, low: float = -math.inf, high: float = math.inf, include_low: bool = True,
-               include_high: bool = True) -> float:
-    """`value` as a float if it is a finite real in the interval, else ConfigError naming the interval."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value >= low if include_low else value > low) and (value <= high if include_high else value < high)
-    if not ok:
-        interval = f"{'[' if include_low else '('}{low}, {high}{']' if include_high else ')'}"
-        raise ConfigError(f"{what} must be a finite number in {interval}, got {value!r}")
-    return float(value)
-
-
-def check_choice(what: str, value, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ConfigError(f"{what} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-    return value
-
-
 def check_class_counts(class_counts) -> torch.Tensor:
     """(C,) float64 training images per class: non-negative integers, at least one class with images."""
     try:

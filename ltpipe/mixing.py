@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from ltpipe.errors import ConfigError
-from ltpipe.losses import check_class_counts, check_real
+from ltpipe.checks import check_real
+from ltpipe.losses import check_class_counts
 from ltpipe.registry import Registry
 
 MIXERS = Registry("mixer")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Dict, Iterable
+from typing import Any, Callable, Dict, Iterable, Mapping
 
 from ltpipe.errors import ConfigError
 
@@ -53,9 +53,15 @@ class Registry:
         return self.get(name)(*args, **kwargs)
 
 
-def named_kwargs(section: Dict[str, Any] | None, name: str, where: str = "params") -> Dict[str, Any]:
+def as_kwargs(where: str, value: Any) -> Dict[str, Any]:
+    """A params.yaml block of keyword arguments ({} for null); anything but a mapping is a ConfigError."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"params.yaml: {where} must be a mapping of keyword arguments, got {value!r}")
+    return dict(value)
+
+
+def named_kwargs(section: Mapping[str, Any] | None, name: str, where: str = "params") -> Dict[str, Any]:
     """The keyword-argument block `section[name]` of params.yaml's per-method blocks ({} when absent)."""
-    block = (section or {}).get(name) or {}
-    if not isinstance(block, dict):
-        raise ConfigError(f"params.yaml: {where}.{name} must be a mapping of keyword arguments, got {block!r}")
-    return dict(block)
+    return as_kwargs(f"{where}.{name}", (section or {}).get(name))

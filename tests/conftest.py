@@ -1,9 +1,7 @@
 """Shared fixtures: `project` is a temporary copy of the real pipeline after `dvc repro` with tiny params."""
-import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest

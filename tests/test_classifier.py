@@ -129,7 +129,7 @@ def test_tau_norm_bad_input():
     with pytest.raises(ConfigError, match="validation split"):
         fit_stage2("tau_norm", data)
     fit_stage2("tau_norm", data, tau=1.0)  # a fixed tau needs no validation split
-    with pytest.raises(ConfigError, match=r"tau must be a number in \[0"):
+    with pytest.raises(ConfigError, match=r"tau must be a finite number in \[0"):
         fit_stage2("tau_norm", make_data(), tau=-0.5)
     with pytest.raises(ConfigError, match="grid_num must be an integer >= 1"):
         fit_stage2("tau_norm", make_data(), grid_num=0)
@@ -297,8 +297,8 @@ def test_unknown_method_and_parameter_are_rejected_with_choices():
 @pytest.mark.parametrize("method", TRAINING)
 @pytest.mark.parametrize("bad, message", [
     (dict(epochs=0), "epochs must be an integer >= 1"),
-    (dict(lr=0.0), r"lr must be a number in \(0"),
-    (dict(lr=-0.1), r"lr must be a number in \(0"),
+    (dict(lr=0.0), r"lr must be a finite number in \(0"),
+    (dict(lr=-0.1), r"lr must be a finite number in \(0"),
     (dict(batch_size=0), "batch_size must be an integer >= 1"),
     (dict(schedule="linear"), "unknown lr schedule 'linear'.*cosine"),
 ])

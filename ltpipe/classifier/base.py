@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, List, Optional
 
 import torch
 from torch import nn
@@ -61,30 +61,6 @@ class Stage2Data:
     @property
     def device(self) -> torch.device:
         return self.train_features.device
-
-
-def check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def check_number(name: str, value: Any, low: float, high: float = math.inf, *, low_open: bool = False,
-                 high_open: bool = False) -> None:
-    """ConfigError unless `value` is a real number in the interval (brackets as given by the *_open flags)."""
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and not math.isnan(value)
-    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open or high == math.inf else ']'}"
-        raise ConfigError(f"{name} must be a number in {interval}, got {value!r}")
-
-
-def as_kwargs(name: str, value: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
-    """A params.yaml block of keyword arguments; None means none."""
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{name} must be a mapping of keyword arguments, got {value!r}")
-    return dict(value)
 
 
 def seeded_generator(seed: int, device: torch.device) -> torch.Generator:

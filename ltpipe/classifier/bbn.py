@@ -6,7 +6,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ltpipe.classifier.base import STAGE2, Stage2Data, build_module, check_int, init_linear_, seeded_generator
+from ltpipe.checks import check_int
+from ltpipe.classifier.base import STAGE2, Stage2Data, build_module, init_linear_, seeded_generator
 from ltpipe.models.heads import HEADS
 from ltpipe.classifier.train import Batch, Recipe, fit, sampler_and_loss
 from ltpipe.losses import LTLoss

@@ -4,7 +4,8 @@ from __future__ import annotations
 import copy
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
-from ltpipe.classifier.base import STAGE2, Stage2Data, check_number
+from ltpipe.checks import check_real
+from ltpipe.classifier.base import STAGE2, Stage2Data
 from ltpipe.models.heads import LinearHead
 from ltpipe.classifier.lws import ScaledLogits
 from ltpipe.classifier.train import Recipe, Supervised, fit, sampler_and_loss
@@ -26,7 +27,7 @@ def mislas(data: Stage2Data, *, epochs: int = 10, lr: float = 0.1, head_lr_facto
     (imbalance 100) settings. Shifted BN does not apply: the backbone is frozen and the features are precomputed.
     Returned as one LinearHead with weight f_i w_i and bias f_i b_i.
     """
-    check_number("head_lr_factor", head_lr_factor, 0, low_open=True)
+    check_real("head_lr_factor", head_lr_factor, low=0, include_low=False)
     recipe = Recipe(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum, weight_decay=weight_decay,
                     schedule=schedule, milestones=milestones, gamma=gamma, progress=progress)
     built_sampler, loss_fn = sampler_and_loss(data, sampler, sampler_params, "las",

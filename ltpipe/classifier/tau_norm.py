@@ -6,7 +6,8 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 
-from ltpipe.classifier.base import STAGE2, Stage2Data, accuracy, check_int, check_number, linear_like
+from ltpipe.checks import check_int, check_real
+from ltpipe.classifier.base import STAGE2, Stage2Data, accuracy, linear_like
 from ltpipe.models.heads import LinearHead
 from ltpipe.errors import ConfigError
 
@@ -30,10 +31,10 @@ def tau_norm(data: Stage2Data, *, tau: Optional[float] = None, grid_start: float
     (ties -> the smallest tau); info records the grid and its accuracy curve.
     """
     if tau is not None:
-        check_number("tau", tau, 0)
+        check_real("tau", tau, low=0)
         return tau_normalized(data.base_head, tau), {"tau": float(tau)}
-    check_number("grid_start", grid_start, 0)
-    check_number("grid_stop", grid_stop, grid_start)
+    check_real("grid_start", grid_start, low=0)
+    check_real("grid_stop", grid_stop, low=grid_start)
     check_int("grid_num", grid_num, 1)
     if data.val_labels.numel() == 0:
         raise ConfigError("tau_norm with tau=None chooses tau on the validation split, which is empty; give a "

@@ -9,7 +9,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ltpipe.classifier.base import Stage2Data, as_kwargs, check_int, check_number
+from ltpipe.checks import check_int, check_real
+from ltpipe.classifier.base import Stage2Data
+from ltpipe.registry import as_kwargs
 from ltpipe.losses import LTLoss, build_loss
 from ltpipe.samplers import Sampler, build_sampler
 from ltpipe.train.schedule import build_sgd, check_schedule
@@ -36,10 +38,10 @@ class Recipe:
 
     def __post_init__(self) -> None:
         check_int("epochs", self.epochs, 1)
-        check_number("lr", self.lr, 0, low_open=True)
+        check_real("lr", self.lr, low=0, include_low=False)
         check_int("batch_size", self.batch_size, 1)
-        check_number("momentum", self.momentum, 0, 1, high_open=True)
-        check_number("weight_decay", self.weight_decay, 0)
+        check_real("momentum", self.momentum, low=0, high=1, include_high=False)
+        check_real("weight_decay", self.weight_decay, low=0)
         check_schedule(epochs=self.epochs, warmup_epochs=0, schedule=self.schedule, milestones=list(self.milestones),
                        gamma=self.gamma)
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
-from ltpipe.classifier.base import STAGE2, Stage2Data, check_number, plain_copy
+from ltpipe.checks import check_real
+from ltpipe.classifier.base import STAGE2, Stage2Data, plain_copy
 from ltpipe.models.heads import LinearHead
 from ltpipe.classifier.train import Recipe, Supervised, fit, sampler_and_loss
 
@@ -23,7 +24,7 @@ def weight_balancing(data: Stage2Data, *, epochs: int = 10, lr: float = 0.01, ba
     T = min_i ||w_i|| + max_norm * (max_i ||w_i|| - min_i ||w_i||); the bias is not constrained. Defaults follow
     the paper's second-stage demo (lr 0.01, weight decay 0.1, batch 64, 10 epochs, cosine lr, instance sampling).
     """
-    check_number("max_norm", max_norm, 0)
+    check_real("max_norm", max_norm, low=0)
     recipe = Recipe(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum, weight_decay=weight_decay,
                     schedule=schedule, milestones=milestones, gamma=gamma, progress=progress)
     built_sampler, loss_fn = sampler_and_loss(data, sampler, sampler_params, loss, loss_params)

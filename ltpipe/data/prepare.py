@@ -12,6 +12,7 @@ from typing import Any, Dict, List
 import numpy as np
 import pandas as pd
 
+from ltpipe.checks import check_int
 from ltpipe.data.decode import bad_files_message, decode_files
 from ltpipe.data.imbalance import CLASS_ORDERS, check_profile, class_order, class_ranks, per_class_counts, \
     stream_generator
@@ -40,14 +41,6 @@ class PrepareConfig:
     test_per_class: int
 
 
-def _positive_int(value, where: str, allow_none: bool = False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{where} must be an integer >= 1{' or null' if allow_none else ''}, got {value!r}")
-    return value
-
-
 def check_prepare_params(params: Dict[str, Any]) -> PrepareConfig:
     """Every value `prepare` reads (seed, dataset, imbalance, split), checked before any file is touched."""
     try:
@@ -70,12 +63,12 @@ def check_prepare_params(params: Dict[str, Any]) -> PrepareConfig:
         raise ConfigError(f"unknown split.val_from {split.get('val_from')!r}; valid choices: {', '.join(VAL_FROM)}")
     return PrepareConfig(
         seed=seed, name=name, kwargs=kwargs,
-        in_memory_max_size=_positive_int(dataset.get("in_memory_max_size"), "dataset.in_memory_max_size"),
+        in_memory_max_size=check_int("dataset.in_memory_max_size", dataset.get("in_memory_max_size"), 1),
         profile=imbalance["profile"], factor=imbalance["factor"],
-        n_max=_positive_int(imbalance.get("n_max"), "imbalance.n_max", allow_none=True),
+        n_max=check_int("imbalance.n_max", imbalance.get("n_max"), 1, allow_none=True),
         class_order=imbalance["class_order"], val_from=split["val_from"],
-        val_per_class=_positive_int(split.get("val_per_class"), "split.val_per_class"),
-        test_per_class=_positive_int(split.get("test_per_class"), "split.test_per_class"),
+        val_per_class=check_int("split.val_per_class", split.get("val_per_class"), 1),
+        test_per_class=check_int("split.test_per_class", split.get("test_per_class"), 1),
     )
 
 
