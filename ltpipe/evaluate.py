@@ -3,7 +3,6 @@ t-SNE map of the test features. Every output is byte-identical for identical inp
 work or reports a spurious change."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Dict, Sequence
 
@@ -11,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ltpipe.checks import check_int, check_real
 from ltpipe.data.prepared import load_prepared
 from ltpipe.errors import ConfigError
 from ltpipe.io import write_csv, write_json
@@ -28,17 +28,14 @@ def check_evaluate_params(cfg: Dict[str, Any]) -> None:
     if missing:
         raise ConfigError(f"params.yaml: missing {', '.join(f'evaluate.{k}' for k in missing)} "
                           f"(the evaluate section needs {', '.join(required)})")
-    few, many = cfg["few_threshold"], cfg["many_threshold"]
-    if not (_is_int(few) and _is_int(many) and 0 <= few <= many):
-        raise ConfigError(f"evaluate: need integers 0 <= few_threshold <= many_threshold, got "
-                          f"few_threshold={few!r}, many_threshold={many!r}")
-    tau = cfg["logit_adjust_tau"]
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau):
-        raise ConfigError(f"evaluate.logit_adjust_tau must be a finite number (1.0 is Menon et al.'s), got {tau!r}")
+    few = check_int("evaluate.few_threshold", cfg["few_threshold"], 0)
+    if check_int("evaluate.many_threshold", cfg["many_threshold"], 0) < few:
+        raise ConfigError(f"evaluate: need few_threshold <= many_threshold, got few_threshold={few}, "
+                          f"many_threshold={cfg['many_threshold']}")
+    check_real("evaluate.logit_adjust_tau (1.0 is Menon et al.'s)", cfg["logit_adjust_tau"])
     if not isinstance(cfg["tsne"], bool):
         raise ConfigError(f"evaluate.tsne must be true or false, got {cfg['tsne']!r}")
-    if not (_is_int(cfg["tsne_max_points"]) and cfg["tsne_max_points"] >= 2):
-        raise ConfigError(f"evaluate.tsne_max_points must be an integer >= 2, got {cfg['tsne_max_points']!r}")
+    check_int("evaluate.tsne_max_points", cfg["tsne_max_points"], 2)
 
 
 def tsne_table(features: np.ndarray, labels: np.ndarray, class_names: Sequence[str], *, max_points: int = 2000,
@@ -56,8 +53,7 @@ def tsne_table(features: np.ndarray, labels: np.ndarray, class_names: Sequence[s
     if features.ndim != 2 or len(features) != len(labels) or len(features) < 2:
         raise ConfigError(f"t-SNE needs (N, D) features with N >= 2 and one label per row, got features "
                           f"{features.shape} and labels {labels.shape}")
-    if not (_is_int(max_points) and max_points >= 2):
-        raise ConfigError(f"tsne max_points must be an integer >= 2, got {max_points!r}")
+    check_int("tsne max_points", max_points, 2)
     names = np.asarray(list(class_names), dtype=object)
     if labels.min() < 0 or labels.max() >= len(names):
         raise ConfigError(f"labels must lie in [0, {len(names) - 1}] for {len(names)} class names")
@@ -104,7 +100,3 @@ def evaluate(params: Dict[str, Any], prepared_dir, stage2_dir, out_dir, features
     write_csv(out_dir / "per_class.csv", frequency_ranked(table))
     write_csv(out_dir / "confusion.csv", confusion_records(logits, labels, prepared.classes))
     write_csv(out_dir / "tsne.csv", tsne)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

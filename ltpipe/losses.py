@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltpipe.checks import check_choice, check_real
+from ltpipe.checks import check_choice, check_int, check_real
 from ltpipe.errors import ConfigError
 from ltpipe.priors import class_prior, log_prior
 from ltpipe.registry import Registry
@@ -45,10 +45,7 @@ def check_class_counts(class_counts) -> torch.Tensor:
 
 
 def _check_drw_epoch(drw_epoch) -> int | None:
-    if drw_epoch is not None and (isinstance(drw_epoch, bool) or not isinstance(drw_epoch, numbers.Integral)
-                                  or drw_epoch < 0):
-        raise ConfigError(f"drw_epoch must be None (weights from the start) or an integer >= 0, got {drw_epoch!r}")
-    return None if drw_epoch is None else int(drw_epoch)
+    return check_int("drw_epoch (null: weights from the start)", drw_epoch, 0, allow_none=True)
 
 
 def _check_batch(logits, target, features, num_classes: int, needs_features: bool) -> None:

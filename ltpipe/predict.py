@@ -15,6 +15,7 @@ from ltpipe.models.heads import load_head
 from ltpipe.data.decode import decode_files
 from ltpipe.data.loader import BatchLoader
 from ltpipe.data.prepared import Prepared, PreparedSplit, load_prepared
+from ltpipe.checks import check_int
 from ltpipe.errors import ConfigError
 from ltpipe.models import load_classifier
 
@@ -99,8 +100,7 @@ class Predictor:
     def predict(self, paths: Sequence[str], top_k: int = 5) -> Tuple[List[Prediction], Dict[str, str]]:
         """Top-k classes of every readable image, in input order, and {path: error} for the others.
         `top_k` larger than the number of classes lists every class; ties go to the lower class index."""
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ConfigError(f"top_k must be an integer >= 1, got {top_k!r}")
+        check_int("top_k", top_k, 1)
         split, keep, errors = self.load_images(list(paths))
         probs = self.probabilities(split)
         order = torch.sort(probs, dim=1, descending=True, stable=True).indices[:, :top_k]

@@ -5,11 +5,11 @@ member of that class (offset into the class-sorted index list + floor(u * n_j)).
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
+from ltpipe.checks import check_int, check_real
 from ltpipe.errors import ConfigError
 from ltpipe.registry import Registry
 
@@ -20,8 +20,7 @@ _SEED_STRIDE = 1_000_003
 
 
 def _check_labels(labels: Any, num_classes: int) -> torch.Tensor:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ConfigError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    check_int("num_classes", num_classes, 1)
     labels = torch.as_tensor(labels)
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise ConfigError(f"labels must be an integer tensor, got dtype {labels.dtype}")
@@ -107,9 +106,7 @@ class PowerSampler(Sampler):
 
     def __init__(self, labels: torch.LongTensor, num_classes: int, q: float = 0.5):
         super().__init__(labels, num_classes)
-        if isinstance(q, bool) or not isinstance(q, (int, float)) or not math.isfinite(q) or q < 0:
-            raise ConfigError(f"power sampler needs a finite q >= 0 (0 = class-balanced, 1 = instance), got {q!r}")
-        self.q = float(q)
+        self.q = check_real("power sampler q (0 = class-balanced, 1 = instance)", q, low=0.0)
 
     def class_probabilities(self, epoch: int, total_epochs: int) -> torch.Tensor:
         return _power_probabilities(self.counts, self.q)
@@ -162,9 +159,7 @@ class ClassAwareSampler(Sampler):
 
     def __init__(self, labels: torch.LongTensor, num_classes: int, samples_per_class: int = 4):
         super().__init__(labels, num_classes)
-        if isinstance(samples_per_class, bool) or not isinstance(samples_per_class, int) or samples_per_class < 1:
-            raise ConfigError(f"class_aware sampler needs an integer samples_per_class >= 1, got {samples_per_class!r}")
-        self.samples_per_class = samples_per_class
+        self.samples_per_class = check_int("class_aware sampler samples_per_class", samples_per_class, 1)
         self.present = torch.nonzero(self.counts > 0).flatten()
 
     def class_probabilities(self, epoch: int, total_epochs: int) -> torch.Tensor:

@@ -7,6 +7,7 @@ from typing import Any, Callable, Dict, Sequence
 
 import torch
 
+from ltpipe.checks import check_int
 from ltpipe.errors import ConfigError
 from ltpipe.registry import Registry
 
@@ -59,8 +60,7 @@ def build_augment(augment: Dict[str, Any]) -> Augment:
         raise ConfigError(f"train.augment: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: "
                           f"{', '.join(valid)}")
     padding = augment.get("crop_padding", 4)
-    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-        raise ConfigError(f"train.augment.crop_padding must be an integer >= 0, got {padding!r}")
+    check_int("train.augment.crop_padding", padding, 0)
     flip = augment.get("flip", True)
     if not isinstance(flip, bool):
         raise ConfigError(f"train.augment.flip must be true or false, got {flip!r}")

@@ -5,12 +5,12 @@ NeurIPS 2019, whose CIFAR-10/100-LT subsets every later long-tail paper reuses.
 """
 from __future__ import annotations
 
-import numbers
 from typing import List, Sequence
 
 import numpy as np
 import torch
 
+from ltpipe.checks import check_int, check_real
 from ltpipe.errors import ConfigError
 
 PROFILES = ("exp", "step", "none")
@@ -27,8 +27,7 @@ def stream_generator(seed: int, stream: str) -> torch.Generator:
 def check_profile(profile: str, factor) -> None:
     if profile not in PROFILES:
         raise ConfigError(f"unknown imbalance profile {profile!r}; valid choices: {', '.join(PROFILES)}")
-    if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not factor >= 1:
-        raise ConfigError(f"imbalance.factor must be a number >= 1 (n_max / n_min), got {factor!r}")
+    check_real("imbalance.factor (n_max / n_min)", factor, low=1.0)
 
 
 def _raw_counts(num_classes: int, n_max: int, profile: str, factor: float) -> List[int]:
@@ -50,10 +49,8 @@ def long_tailed_counts(num_classes: int, n_max: int, profile: str, factor: float
     `names[i]` names the class at rank i in the error raised when a class would be left with no image.
     """
     check_profile(profile, factor)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ConfigError(f"num_classes must be an integer >= 1, got {num_classes!r}")
-    if isinstance(n_max, bool) or not isinstance(n_max, int) or n_max < 1:
-        raise ConfigError(f"imbalance.n_max must be an integer >= 1 or null, got {n_max!r}")
+    check_int("num_classes", num_classes, 1)
+    check_int("imbalance.n_max", n_max, 1)
     counts = _raw_counts(num_classes, n_max, profile, factor)
     empty = [i for i, n in enumerate(counts) if n < 1]
     if empty:

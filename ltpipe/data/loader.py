@@ -13,6 +13,7 @@ import torch
 from ltpipe.data.augment import Normalize, apply_policy, build_augment, crop_flip, draw_crop_flip, seeded, \
     stream_transform
 from ltpipe.data.prepared import PreparedSplit
+from ltpipe.checks import check_int
 from ltpipe.errors import ConfigError
 
 # Per-sample seeds for torchvision transforms are drawn below this bound (fits torch.manual_seed).
@@ -46,10 +47,8 @@ class BatchLoader:
     def __init__(self, split: PreparedSplit, *, batch_size: int, mean: Sequence[float], std: Sequence[float],
                  train: bool, augment: dict, image_size: int | None = None, num_workers: int = 0,
                  channels_last: bool = False):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        if num_workers < 0:
-            raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
+        check_int("batch_size", batch_size, 1)
+        check_int("num_workers", num_workers, 0)
         self.split, self.batch_size, self.train = split, batch_size, train
         self.num_workers, self.channels_last = num_workers, channels_last
         self.normalize = Normalize(mean, std)

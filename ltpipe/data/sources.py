@@ -13,6 +13,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from ltpipe.checks import check_int
 from ltpipe.errors import ConfigError
 from ltpipe.registry import Registry
 
@@ -59,8 +60,7 @@ class Source:
 
 
 def _check_image_size(image_size) -> None:
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
-        raise ConfigError(f"image_size must be null (native size) or an integer >= 1, got {image_size!r}")
+    check_int("image_size (null: native size)", image_size, 1, allow_none=True)
 
 
 def _require_root(root, where: str, layout: str) -> Path:
