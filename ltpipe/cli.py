@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, Optional
 
-from ltpipe.errors import ConfigError
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ltpipe.report import FORMATS
 
     parser = argparse.ArgumentParser(prog="ltpipe", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors (or set LTPIPE_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     rep = commands.add_parser("report", help="table of all DVC experiments, or a per-class comparison of two")
@@ -65,12 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from ltpipe.config import DEBUG_ENV, run_cli
+
     args = build_parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except (ConfigError, OSError) as exc:  # OSError: e.g. a params file that does not exist
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    if args.debug:
+        os.environ[DEBUG_ENV] = "1"
+    status = []
+    failed = run_cli(lambda: status.append(args.run(args)))
+    return failed or status[0]
 
 
 if __name__ == "__main__":

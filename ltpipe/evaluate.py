@@ -4,38 +4,22 @@ work or reports a spurious change."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ltpipe.checks import check_int, check_real
+from ltpipe.checks import check_int
 from ltpipe.data.prepared import load_prepared
 from ltpipe.errors import ConfigError
-from ltpipe.io import write_csv, write_json
+from ltpipe.io import read_json, write_csv, write_json
+from ltpipe.schema import as_params
 from ltpipe.metrics import compute_metrics, confusion_records, per_class_table
 from ltpipe.tables import frequency_ranked
 
 TSNE_COLUMNS = ("x", "y", "class")
 _TSNE_DECIMALS = 4
-
-
-def check_evaluate_params(cfg: Dict[str, Any]) -> None:
-    """params.yaml `evaluate:` section; ConfigError naming the key and its valid range."""
-    required = ("many_threshold", "few_threshold", "logit_adjust_tau", "tsne", "tsne_max_points")
-    missing = [k for k in required if k not in (cfg or {})]
-    if missing:
-        raise ConfigError(f"params.yaml: missing {', '.join(f'evaluate.{k}' for k in missing)} "
-                          f"(the evaluate section needs {', '.join(required)})")
-    few = check_int("evaluate.few_threshold", cfg["few_threshold"], 0)
-    if check_int("evaluate.many_threshold", cfg["many_threshold"], 0) < few:
-        raise ConfigError(f"evaluate: need few_threshold <= many_threshold, got few_threshold={few}, "
-                          f"many_threshold={cfg['many_threshold']}")
-    check_real("evaluate.logit_adjust_tau (1.0 is Menon et al.'s)", cfg["logit_adjust_tau"])
-    if not isinstance(cfg["tsne"], bool):
-        raise ConfigError(f"evaluate.tsne must be true or false, got {cfg['tsne']!r}")
-    check_int("evaluate.tsne_max_points", cfg["tsne_max_points"], 2)
 
 
 def tsne_table(features: np.ndarray, labels: np.ndarray, class_names: Sequence[str], *, max_points: int = 2000,
@@ -73,26 +57,28 @@ def tsne_table(features: np.ndarray, labels: np.ndarray, class_names: Sequence[s
     return pd.DataFrame({"x": coords[:, 0], "y": coords[:, 1], "class": names[labels[keep]]})
 
 
-def evaluate(params: Dict[str, Any], prepared_dir, stage2_dir, out_dir, features_dir=None) -> None:
+def evaluate(params, prepared_dir, stage2_dir, out_dir, features_dir=None) -> None:
     """Write metrics.json, per_class.csv (frequency-ranked), confusion.csv and tsne.csv into `out_dir`.
 
     tsne.csv always exists so DVC can declare it: with `evaluate.tsne: false` it holds only its header.
     """
-    cfg = params["evaluate"]
-    check_evaluate_params(cfg)
-    if cfg["tsne"] and features_dir is None:
+    params = as_params(params)
+    cfg = params.evaluate
+    if cfg.tsne and features_dir is None:
         raise ConfigError("evaluate.tsne is true but no features folder was given (pass --features)")
     prepared = load_prepared(prepared_dir)
     labels = prepared.split("test").labels.numpy()
     logits = np.load(Path(stage2_dir) / "logits_test.npy")
-    groups = dict(many_threshold=int(cfg["many_threshold"]), few_threshold=int(cfg["few_threshold"]))
-    metrics = compute_metrics(logits, labels, prepared.class_counts, logit_adjust_tau=float(cfg["logit_adjust_tau"]),
-                              **groups)
+    groups = dict(many_threshold=cfg.many_threshold, few_threshold=cfg.few_threshold)
+    # A method whose scores are not logits (NCM's cosines) says so in its info: NLL and ECE would mislead there.
+    probabilistic = read_json(Path(stage2_dir) / "info.json").get("probabilistic", True)
+    metrics = compute_metrics(logits, labels, prepared.class_counts, logit_adjust_tau=cfg.logit_adjust_tau,
+                              probabilistic=probabilistic, **groups)
     table = per_class_table(logits, labels, prepared.class_counts, prepared.classes, **groups)
-    if cfg["tsne"]:
+    if cfg.tsne:
         features = np.load(Path(features_dir) / "test_features.npy")
-        tsne = tsne_table(features, labels, prepared.classes, max_points=int(cfg["tsne_max_points"]),
-                          seed=int(params["seed"]))
+        tsne = tsne_table(features, labels, prepared.classes, max_points=cfg.tsne_max_points,
+                          seed=params.seed)
     else:
         tsne = pd.DataFrame(columns=list(TSNE_COLUMNS))
     out_dir = Path(out_dir)

@@ -29,7 +29,7 @@ def extract_features(model_dir, prepared_dir, out_dir) -> None:
     prepared = load_prepared(prepared_dir)
     for split in SPLITS:
         data = prepared.split(split)
-        loader = BatchLoader(data, batch_size=BATCH_SIZE, train=False, augment={}, mean=prepared.info["mean"],
+        loader = BatchLoader(data, batch_size=BATCH_SIZE, train=False, mean=prepared.info["mean"],
                              std=prepared.info["std"], image_size=prepared.info.get("image_size"))
         feats = backbone_features(model.backbone, loader, len(data.labels), f"features {split}")
         write_npy(Path(out_dir) / f"{split}_features.npy", feats.astype(np.float32))

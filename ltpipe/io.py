@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterator
 
 import numpy as np
-import yaml
 
 
 @contextlib.contextmanager
@@ -30,6 +31,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def remove_leftovers(path: str | os.PathLike) -> None:
+    """Remove what a killed writer of `path` left behind: `atomic_path` temp files beside it (and, for a folder,
+    inside it) and the `.<name>.tmp.*` / `.<name>.old.*` folders of a whole-folder replacement."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    beside = [p for p in path.parent.glob(f".{glob.escape(path.name)}.*")
+              if p.name.endswith(".tmp") or p.name.startswith((f".{path.name}.tmp.", f".{path.name}.old."))]
+    inside = [p for p in path.rglob(".*.tmp") if p.is_file()] if path.is_dir() else []
+    for p in beside + inside:
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -72,8 +86,3 @@ def load_tensors(path: str | os.PathLike) -> Dict[str, "torch.Tensor"]:
     from safetensors.torch import load_file
 
     return load_file(str(path))
-
-
-def load_params(path: str | os.PathLike = "params.yaml") -> Dict[str, Any]:
-    with open(path) as f:
-        return yaml.safe_load(f) or {}

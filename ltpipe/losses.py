@@ -24,7 +24,7 @@ from ltpipe.errors import ConfigError
 from ltpipe.priors import class_prior, log_prior
 from ltpipe.registry import Registry
 
-LOSSES = Registry("loss")
+LOSSES = Registry("loss", fixed=("class_counts",))
 
 
 # ----------------------------------------------------------------------------------------------- input validation
@@ -430,5 +430,4 @@ def las(class_counts: Sequence[int], *, eps_head: float = 0.4, eps_tail: float =
 
 def build_loss(name: str, class_counts: Sequence[int], **params) -> LTLoss:
     """Loss `name` from LOSSES; unknown names or parameters raise ConfigError listing the valid ones."""
-    LOSSES.check_kwargs(name, params, fixed=("class_counts",))
     return LOSSES.build(name, class_counts, **params)

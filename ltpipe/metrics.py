@@ -34,7 +34,7 @@ def shot_groups(train_counts: Sequence[int], many_threshold: int = 100, few_thre
 
 def compute_metrics(logits: np.ndarray, labels: np.ndarray, train_counts: Sequence[int], *,
                     many_threshold: int = 100, few_threshold: int = 20, logit_adjust_tau: float = 1.0,
-                    ece_bins: int = 15) -> Dict[str, Any]:
+                    ece_bins: int = 15, probabilistic: bool = True) -> Dict[str, Any]:
     """All scalar test metrics as a JSON-able dict, floats rounded to 6 decimals so the file is byte-reproducible.
 
     - accuracy: pooled top-1; top5: true class among the 5 highest logits (None if C < 5).
@@ -42,7 +42,8 @@ def compute_metrics(logits: np.ndarray, labels: np.ndarray, train_counts: Sequen
     - balanced_accuracy, harmonic_mean_recall, geometric_mean_recall, min_recall over the test classes: Du et al.,
       "No One Left Behind: Improving the Worst Categories in Long-Tailed Learning" (CVPR 2023); HM = K / sum_k 1/r_k,
       GM = (prod_k r_k)^(1/K), both 0 as soon as one class has zero recall.
-    - nll: mean_i -log softmax(z_i)_{y_i}, computed in float64 without clipping.
+    - nll: mean_i -log softmax(z_i)_{y_i}, computed in float64 without clipping; None (with ece) when the scores
+      are not logits of a probability model (`probabilistic=False`, e.g. NCM's cosine similarities).
     - ece: Guo et al., "On Calibration of Modern Neural Networks" (ICML 2017); sum_b |B_b|/N |acc(B_b) - conf(B_b)|
       over `ece_bins` equal-width bins (lo, hi] of the max softmax probability.
     - logit_adjusted_accuracy: top-1 of z_y - tau * log pi_y (Menon et al., ICLR 2021), pi from train_counts.
@@ -66,8 +67,8 @@ def compute_metrics(logits: np.ndarray, labels: np.ndarray, train_counts: Sequen
         members = tested & (groups == shot)
         out[f"{shot}_shot"] = float(recall[members].mean()) if members.any() else None
     out.update(_recall_summaries(recall[tested]))
-    out["nll"] = float(-log_probs[np.arange(len(labels)), labels].mean())
-    out["ece"] = expected_calibration_error(np.exp(log_probs), labels, ece_bins)
+    out["nll"] = float(-log_probs[np.arange(len(labels)), labels].mean()) if probabilistic else None
+    out["ece"] = expected_calibration_error(np.exp(log_probs), labels, ece_bins) if probabilistic else None
     out["top5"] = float(np.mean(rank < 5)) if logits.shape[1] >= 5 else None
     out["logit_adjusted_accuracy"] = float(np.mean(_argmax(adjusted) == labels))
     metrics: Dict[str, Any] = {k: (None if v is None else round(v, _DECIMALS)) for k, v in out.items()}

@@ -7,17 +7,19 @@ mixes the same way for the same generator state.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Sequence, Tuple
+from typing import Annotated, Sequence, Tuple
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from ltpipe.errors import ConfigError
 from ltpipe.checks import check_real
 from ltpipe.losses import check_class_counts
 from ltpipe.registry import Registry
+from ltpipe.types import Float, PosFloat, UnitFloat
 
-MIXERS = Registry("mixer")
+MIXERS = Registry("mixer", fixed=("class_counts",))
 
 Mixed = Tuple[torch.Tensor, torch.LongTensor, torch.LongTensor, torch.Tensor]
 
@@ -140,21 +142,22 @@ def no_mixing(class_counts: Sequence[int]) -> Mixer:
 
 
 @MIXERS.register("mixup")
-def mixup(class_counts: Sequence[int], *, alpha: float = 1.0) -> Mixer:
+def mixup(class_counts: Sequence[int], *, alpha: PosFloat = 1.0) -> Mixer:
     """Zhang et al., "mixup: Beyond Empirical Risk Minimization" (ICLR 2018):
     x = lam x_a + (1 - lam) x_b, lam ~ Beta(alpha, alpha)."""
     return Mixup(class_counts, alpha=alpha)
 
 
 @MIXERS.register("cutmix")
-def cutmix(class_counts: Sequence[int], *, alpha: float = 1.0) -> Mixer:
+def cutmix(class_counts: Sequence[int], *, alpha: PosFloat = 1.0) -> Mixer:
     """Yun et al., "CutMix: Regularization Strategy to Train Strong Classifiers with Localizable Features"
     (ICCV 2019): x = M * x_a + (1 - M) * x_b for a random box mask M, lam = mean(M), lam ~ Beta(alpha, alpha)."""
     return CutMix(class_counts, alpha=alpha)
 
 
 @MIXERS.register("remix")
-def remix(class_counts: Sequence[int], *, alpha: float = 1.0, kappa: float = 3.0, tau: float = 0.5) -> Mixer:
+def remix(class_counts: Sequence[int], *, alpha: PosFloat = 1.0, kappa: Annotated[Float, Field(ge=1)] = 3.0,
+          tau: UnitFloat = 0.5) -> Mixer:
     """Chou et al., "Remix: Rebalanced Mixup" (ECCV Workshops 2020): mixup inputs, label weight moved to the
     minority class: lam_y = 0 / 1 / lam_x by the kappa (count ratio) and tau (mixing) thresholds."""
     return Remix(class_counts, alpha=alpha, kappa=kappa, tau=tau)
@@ -162,5 +165,4 @@ def remix(class_counts: Sequence[int], *, alpha: float = 1.0, kappa: float = 3.0
 
 def build_mixer(name: str, class_counts: Sequence[int], **params) -> Mixer:
     """Mixer `name` from MIXERS; unknown names or parameters raise ConfigError listing the valid ones."""
-    MIXERS.check_kwargs(name, params, fixed=("class_counts",))
     return MIXERS.build(name, class_counts, **params)

@@ -87,7 +87,7 @@ class Predictor:
     def probabilities(self, split: PreparedSplit) -> torch.Tensor:
         """softmax(head(backbone(x))) of every image of `split`, (N, C)."""
         loader = BatchLoader(split, batch_size=BATCH_SIZE, mean=self.info["mean"], std=self.info["std"], train=False,
-                             augment={}, image_size=self.info.get("image_size"))
+                             image_size=self.info.get("image_size"))
         num_classes = len(self.prepared.classes)
         logits = [self.head(self.backbone(x)) for x, _ in loader.batches(torch.arange(len(split)), seed=0)]
         logits = torch.cat(logits) if logits else torch.zeros(0, num_classes)

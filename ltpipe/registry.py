@@ -1,25 +1,54 @@
-"""Name -> factory registries (timm's habit): every method is selected by a plain name from params.yaml."""
+"""Name -> factory registries (timm's habit): every method is selected by a plain name from params.yaml.
+
+A factory's keyword arguments, with the value types of `ltpipe.types` in its signature, are its params block: the
+registry turns the signature into a pydantic model (`kwargs_model`), which both `build` and the params schema
+(`ltpipe.schema`) validate against, so a type or range is declared once, where the argument is.
+"""
 from __future__ import annotations
 
+import functools
 import inspect
+import typing
 from typing import Any, Callable, Dict, Iterable, Mapping
 
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, create_model, model_validator
+
 from ltpipe.errors import ConfigError
+from ltpipe.validation import format_validation_error, nested_error
+
+# Frozen, closed blocks: an unknown keyword is an error, never silently ignored.
+BLOCK_CONFIG = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+class RegistryRef:
+    """Marks a `str` annotation as the name of an entry of `registry` (see `Registry.name_type`)."""
+
+    def __init__(self, registry: "Registry"):
+        self.registry = registry
 
 
 class Registry:
-    """Maps names to factories; unknown names and unknown keyword arguments fail with the valid choices."""
+    """Maps names to factories; unknown names and bad keyword arguments fail with the valid choices.
 
-    def __init__(self, kind: str):
+    `fixed` names the leading arguments the caller supplies (data, class counts, ...): they are not params keys.
+    """
+
+    def __init__(self, kind: str, fixed: Iterable[str] = ()):
         self.kind = kind
+        self.fixed = tuple(fixed)
         self._factories: Dict[str, Callable[..., Any]] = {}
+        self._checks: Dict[str, Callable[[Dict[str, Any]], None]] = {}
 
-    def register(self, name: str | None = None) -> Callable[[Callable], Callable]:
+    def register(self, name: str | None = None, *, check: Callable[[Dict[str, Any]], None] | None = None
+                 ) -> Callable[[Callable], Callable]:
+        """`check(kwargs)` (optional) validates relations between keyword arguments; it raises ValueError."""
         def wrap(fn: Callable) -> Callable:
             key = name or fn.__name__
             if key in self._factories:
                 raise KeyError(f"{self.kind} {key!r} registered twice")
             self._factories[key] = fn
+            if check is not None:
+                self._checks[key] = check
             return fn
 
         return wrap
@@ -30,27 +59,74 @@ class Registry:
     def __contains__(self, name: str) -> bool:
         return name in self._factories
 
-    def get(self, name: str) -> Callable[..., Any]:
-        if name not in self._factories:
+    def check_name(self, name: Any) -> str:
+        if not isinstance(name, str) or name not in self._factories:
             raise ConfigError(f"unknown {self.kind} {name!r}; valid choices: {', '.join(self.names())}")
-        return self._factories[name]
+        return name
 
-    def check_kwargs(self, name: str, kwargs: Dict[str, Any], fixed: Iterable[str] = ()) -> None:
-        """Fail early if `kwargs` holds a keyword the factory does not take (`fixed` are passed by the caller)."""
-        params = inspect.signature(self.get(name)).parameters
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            return
-        allowed = [p for p in params if p not in set(fixed)]
-        unknown = sorted(set(kwargs) - set(params))
-        if unknown:
-            raise ConfigError(
-                f"{self.kind} {name!r} takes no parameter {', '.join(map(repr, unknown))}; "
-                f"valid parameters: {', '.join(allowed) or '(none)'}"
-            )
+    def get(self, name: str) -> Callable[..., Any]:
+        return self._factories[self.check_name(name)]
+
+    def name_type(self) -> Any:
+        """Annotation for a keyword argument that names an entry; `<arg>_params` beside it is validated as that
+        entry's keyword arguments."""
+        return typing.Annotated[str, AfterValidator(self.check_name), RegistryRef(self)]
+
+    def kwargs_model(self, name: str) -> type[BaseModel]:
+        """The pydantic model of entry `name`'s keyword arguments (types, ranges and defaults from its signature)."""
+        return _kwargs_model(self, self.check_name(name))
+
+    def validate_kwargs(self, name: str, kwargs: Mapping[str, Any] | None, where: str | None = None) -> Dict[str, Any]:
+        """Validated keyword arguments (defaults filled in); ConfigError with one line per problem otherwise."""
+        model = self.kwargs_model(name)
+        try:
+            return dict(model.model_validate(dict(kwargs or {})))
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(err, where or f"{self.kind} {name!r}", model)) from None
 
     def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        self.check_kwargs(name, kwargs)
-        return self.get(name)(*args, **kwargs)
+        return self.get(name)(*args, **self.validate_kwargs(name, kwargs))
+
+
+def _annotations(fn: Callable) -> Dict[str, Any]:
+    target = fn.__init__ if inspect.isclass(fn) else fn
+    return typing.get_type_hints(target, include_extras=True)
+
+
+def _registry_refs(annotation: Any) -> list[RegistryRef]:
+    return [m for m in getattr(annotation, "__metadata__", ()) if isinstance(m, RegistryRef)]
+
+
+@functools.lru_cache(maxsize=None)
+def _kwargs_model(registry: Registry, name: str) -> type[BaseModel]:
+    fn = registry._factories[name]
+    hints = _annotations(fn)
+    fields, refs = {}, {}
+    for p in inspect.signature(fn).parameters.values():
+        if p.name in registry.fixed or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        annotation = hints.get(p.name, Any)
+        fields[p.name] = (annotation, ... if p.default is p.empty else p.default)
+        for ref in _registry_refs(annotation):
+            refs[p.name] = ref.registry
+    check = registry._checks.get(name)
+
+    def validate_nested(self):
+        # `loss: ...` next to `loss_params: {...}`: the block must be valid keyword arguments of that loss.
+        for field, sub in refs.items():
+            block = f"{field}_params"
+            if block in type(self).model_fields:
+                model = sub.kwargs_model(getattr(self, field))
+                try:
+                    model.model_validate(dict(getattr(self, block) or {}))
+                except ValidationError as err:
+                    raise nested_error(err, (block,), model) from None
+        if check is not None:
+            check(dict(self))
+        return self
+
+    return create_model(f"{registry.kind}:{name}", __config__=BLOCK_CONFIG,
+                        __validators__={"_nested": model_validator(mode="after")(validate_nested)}, **fields)
 
 
 def as_kwargs(where: str, value: Any) -> Dict[str, Any]:
@@ -60,8 +136,3 @@ def as_kwargs(where: str, value: Any) -> Dict[str, Any]:
     if not isinstance(value, Mapping):
         raise ConfigError(f"params.yaml: {where} must be a mapping of keyword arguments, got {value!r}")
     return dict(value)
-
-
-def named_kwargs(section: Mapping[str, Any] | None, name: str, where: str = "params") -> Dict[str, Any]:
-    """The keyword-argument block `section[name]` of params.yaml's per-method blocks ({} when absent)."""
-    return as_kwargs(f"{where}.{name}", (section or {}).get(name))

@@ -55,13 +55,20 @@ def iter_experiments(exp_show: Sequence[Dict[str, Any]]) -> Iterator[Tuple[Dict[
 
 
 def experiments_table(exp_show: Sequence[Dict[str, Any]], params: Sequence[str] = KEY_PARAMS,
-                      metrics: Sequence[str] = KEY_METRICS) -> pd.DataFrame:
-    """One row per experiment: experiment, rev, state, baseline, the `params` and the `metrics` (dotted names into
-    nested files; missing or null values are NaN). Values from every params / metrics file are merged."""
+                      metrics: Sequence[str] = KEY_METRICS, differing: bool = True) -> pd.DataFrame:
+    """One row per experiment: experiment, rev, state, baseline, the `params`, then (with `differing`) every other
+    param whose value is not the same in all rows (e.g. train.epochs, train.lr), then the `metrics` (dotted names
+    into nested files; missing or null values are NaN). Values from every params / metrics file are merged."""
+    entries = list(iter_experiments(exp_show))
+    all_params = [_merged_file_data((entry.get("data") or {}).get("params")) for entry, _, _ in entries]
+    if differing:
+        keys = dict.fromkeys(k for found in all_params for k in found if k not in params)
+        present = [found for found in all_params if found]  # a failed experiment has no params to compare
+        params = [*params, *(k for k in keys if len({json.dumps(found.get(k), sort_keys=True, default=str)
+                                                      for found in present}) > 1)]
     rows = []
-    for entry, state, baseline in iter_experiments(exp_show):
+    for (entry, state, baseline), found_params in zip(entries, all_params):
         data = entry.get("data") or {}
-        found_params = _merged_file_data(data.get("params"))
         found_metrics = _merged_file_data(data.get("metrics"))
         if entry.get("error"):
             state = "error"

@@ -12,8 +12,9 @@ import torch
 from ltpipe.checks import check_int, check_real
 from ltpipe.errors import ConfigError
 from ltpipe.registry import Registry
+from ltpipe.types import Float, PosInt
 
-SAMPLERS = Registry("sampler")
+SAMPLERS = Registry("sampler", fixed=("labels", "num_classes"))
 
 # Large prime multiplier: (seed, epoch) pairs map to distinct generator seeds for any realistic epoch count.
 _SEED_STRIDE = 1_000_003
@@ -104,7 +105,7 @@ class PowerSampler(Sampler):
     q = 1 matches instance frequencies, q = 0.5 is square-root sampling, q = 0 is class-balanced.
     """
 
-    def __init__(self, labels: torch.LongTensor, num_classes: int, q: float = 0.5):
+    def __init__(self, labels: torch.LongTensor, num_classes: int, q: Float = 0.5):
         super().__init__(labels, num_classes)
         self.q = check_real("power sampler q (0 = class-balanced, 1 = instance)", q, low=0.0)
 
@@ -157,7 +158,7 @@ class ClassAwareSampler(Sampler):
     `samples_per_class` consecutive uniform draws from each visited class, so p_j = 1 / C over present classes.
     """
 
-    def __init__(self, labels: torch.LongTensor, num_classes: int, samples_per_class: int = 4):
+    def __init__(self, labels: torch.LongTensor, num_classes: int, samples_per_class: PosInt = 4):
         super().__init__(labels, num_classes)
         self.samples_per_class = check_int("class_aware sampler samples_per_class", samples_per_class, 1)
         self.present = torch.nonzero(self.counts > 0).flatten()
@@ -178,5 +179,4 @@ class ClassAwareSampler(Sampler):
 
 def build_sampler(name: str, labels: torch.LongTensor, num_classes: int, **params: Any) -> Sampler:
     """Sampler `name` from SAMPLERS; unknown names or parameters raise ConfigError listing the valid ones."""
-    SAMPLERS.check_kwargs(name, params, fixed=("labels", "num_classes"))
     return SAMPLERS.build(name, labels, num_classes, **params)

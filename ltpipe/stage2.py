@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict
-
 import pandas as pd
 import torch
 
@@ -14,7 +12,7 @@ from ltpipe.features import load_features
 from ltpipe.io import write_csv, write_json, write_npy
 from ltpipe.models import load_classifier
 from ltpipe.tables import frequency_ranked
-from ltpipe.registry import named_kwargs
+from ltpipe.schema import as_params
 
 
 def weight_norms(head: torch.nn.Module) -> torch.Tensor:
@@ -23,16 +21,17 @@ def weight_norms(head: torch.nn.Module) -> torch.Tensor:
     return weight.detach().norm(dim=1)
 
 
-def retrain_classifier(params: Dict[str, Any], prepared_dir, model_dir, features_dir, out_dir) -> None:
-    cfg = params["stage2"]
-    method = cfg["method"]
+def retrain_classifier(params, prepared_dir, model_dir, features_dir, out_dir) -> None:
+    """`params`: the validated Params (or a mapping, validated here)."""
+    params = as_params(params)
+    method = params.stage2.method
     prepared = load_prepared(prepared_dir)
     base_head = load_classifier(model_dir).head
     data = Stage2Data(
         train_features=load_features(features_dir, "train"), train_labels=prepared.split("train").labels,
         val_features=load_features(features_dir, "val"), val_labels=prepared.split("val").labels,
-        class_counts=list(prepared.class_counts), base_head=base_head, seed=int(params["seed"]))
-    head, info = fit_stage2(method, data, **named_kwargs(cfg, method, "stage2"))
+        class_counts=list(prepared.class_counts), base_head=base_head, seed=params.seed)
+    head, info = fit_stage2(method, data, **params.stage2_kwargs())
     head.eval()
     out_dir = Path(out_dir)
     with torch.no_grad():

@@ -3,4 +3,4 @@ from ltpipe.config import stage_main
 from ltpipe.data.prepare import prepare
 
 if __name__ == "__main__":
-    stage_main(__doc__, prepare, "--out")
+    stage_main(__doc__, prepare, "--out", outputs=("--out",))

@@ -3,4 +3,4 @@ from ltpipe.config import stage_main
 from ltpipe.stage2 import retrain_classifier
 
 if __name__ == "__main__":
-    stage_main(__doc__, retrain_classifier, "--prepared", "--model", "--features", "--out")
+    stage_main(__doc__, retrain_classifier, "--prepared", "--model", "--features", "--out", outputs=("--out",))

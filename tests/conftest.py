@@ -2,12 +2,15 @@
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# Stage-1 checkpoints of the test session go to a folder of their own, never the user's cache.
+os.environ["LTPIPE_RESUME_DIR"] = tempfile.mkdtemp(prefix="ltpipe-test-resume-")
 TINY = {
     "train.epochs": 2,
     "train.warmup_epochs": 1,

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from ltpipe.data.imbalance import long_tailed_counts
+from ltpipe.data.augment import Augment
 from ltpipe.data.loader import BatchLoader
 from ltpipe.data.prepare import prepare
 from ltpipe.data.prepared import load_prepared
@@ -69,12 +70,11 @@ def test_cached_pixels_are_the_decoded_files(cifar10_lt, cifar10_jpg):
 def test_train_set_normalises_to_zero_mean_unit_std(cifar10_lt):
     prepared = load_prepared(cifar10_lt)
     train = prepared.split("train")
-    loader = BatchLoader(train, batch_size=4096, mean=prepared.info["mean"], std=prepared.info["std"], train=False,
-                         augment={})
+    loader = BatchLoader(train, batch_size=4096, mean=prepared.info["mean"], std=prepared.info["std"], train=False)
     x = torch.cat([b for b, _ in loader.batches(torch.arange(len(train)), seed=0)]).double()
     assert torch.allclose(x.mean(dim=(0, 2, 3)), torch.zeros(3, dtype=torch.float64), atol=1e-5)
     assert torch.allclose(x.std(dim=(0, 2, 3)), torch.ones(3, dtype=torch.float64), atol=1e-4)
     aug = BatchLoader(train, batch_size=128, mean=prepared.info["mean"], std=prepared.info["std"], train=True,
-                      augment={"crop_padding": 4, "flip": True})
+                      augment=Augment(crop_padding=4, flip=True))
     first = next(aug.batches(torch.randperm(len(train), generator=torch.Generator().manual_seed(0)), seed=0))
     assert first[0].shape == (128, 3, 32, 32) and first[1].shape == (128,)

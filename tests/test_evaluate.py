@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ltpipe.errors import ConfigError
-from ltpipe.evaluate import check_evaluate_params, evaluate, tsne_table
+from ltpipe.evaluate import evaluate, tsne_table
 from ltpipe.metrics import compute_metrics, per_class_table
 from ltpipe.tables import frequency_ranked
 
@@ -47,11 +47,12 @@ def cluster_data(seed=0, per_class=15, dim=6):
     return labels.numpy(), logits.numpy(), features.numpy().astype(np.float32)
 
 
-def run_evaluate(tmp_path, name, cfg, with_features=True, seed=0):
+def run_evaluate(tmp_path, name, cfg, with_features=True, seed=0, info=()):
     labels, logits, features = cluster_data()
     prepared = write_prepared(tmp_path / "prepared", CLASSES, COUNTS, labels)
     (tmp_path / "stage2").mkdir(exist_ok=True)
     np.save(tmp_path / "stage2" / "logits_test.npy", logits)
+    (tmp_path / "stage2" / "info.json").write_text(json.dumps({"method": "crt", **dict(info)}))
     (tmp_path / "features").mkdir(exist_ok=True)
     np.save(tmp_path / "features" / "test_features.npy", features)
     out = tmp_path / name
@@ -124,25 +125,6 @@ def test_tsne_table_without_subsampling_keeps_input_order():
     np.testing.assert_array_equal(table[["x", "y"]].to_numpy(), np.round(table[["x", "y"]].to_numpy(), 4))
 
 
-@pytest.mark.parametrize("update, match", [
-    ({"few_threshold": 50}, "few_threshold <= many_threshold"),
-    ({"logit_adjust_tau": float("nan")}, "finite"),
-    ({"tsne": "yes"}, "true or false"),
-    ({"tsne_max_points": 1}, ">= 2"),
-    ({"tsne_max_points": 2.5}, ">= 2"),
-])
-def test_bad_evaluate_params(update, match):
-    with pytest.raises(ConfigError, match=match):
-        check_evaluate_params(dict(CFG, **update))
-
-
-def test_missing_evaluate_keys_are_named():
-    cfg = dict(CFG)
-    del cfg["tsne"]
-    with pytest.raises(ConfigError, match="evaluate.tsne"):
-        check_evaluate_params(cfg)
-
-
 def test_tsne_needs_features_folder_and_valid_shapes(tmp_path):
     with pytest.raises(ConfigError, match="--features"):
         run_evaluate(tmp_path, "a", dict(CFG, tsne=True), with_features=False)
@@ -150,3 +132,13 @@ def test_tsne_needs_features_folder_and_valid_shapes(tmp_path):
         tsne_table(np.zeros((3, 2)), np.zeros(4, dtype=int), CLASSES)
     with pytest.raises(ConfigError, match=r"\[0, 3\]"):
         tsne_table(np.zeros((3, 2)), np.array([0, 1, 4]), CLASSES)
+
+
+def test_scores_that_are_not_logits_get_no_nll_or_ece(tmp_path):
+    out, _, _ = run_evaluate(tmp_path, "a", CFG)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["nll"] is not None and metrics["ece"] is not None
+    out, _, _ = run_evaluate(tmp_path, "b", CFG, info={"probabilistic": False})
+    cosine = json.loads((out / "metrics.json").read_text())
+    assert cosine["nll"] is None and cosine["ece"] is None
+    assert cosine["accuracy"] == metrics["accuracy"]

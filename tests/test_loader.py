@@ -9,6 +9,7 @@ from ltpipe.data.loader import BatchLoader
 from ltpipe.data.prepare import prepare
 from ltpipe.data.prepared import PreparedSplit, load_prepared
 from ltpipe.errors import ConfigError
+from ltpipe.schema import validate_params
 
 N, H, W, C = 40, 6, 5, 3
 MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
@@ -21,9 +22,14 @@ def split():
     return PreparedSplit(torch.arange(N) % 4, [str(i) for i in range(N)], images, None)
 
 
+def aug(**section):
+    """train.augment as params.yaml would give it, validated and built."""
+    return build_augment(validate_params({"train": {"augment": section}}).train.augment)
+
+
 def loader(split, train=True, augment=None, batch_size=16, **kw):
     return BatchLoader(split, batch_size=batch_size, mean=MEAN, std=STD, train=train,
-                       augment={"crop_padding": 2, "flip": True} if augment is None else augment, **kw)
+                       augment=aug(crop_padding=2, flip=True) if augment is None else augment, **kw)
 
 
 def collect(batches):
@@ -82,7 +88,7 @@ def test_train_batches_are_some_crop_and_flip_of_each_image(split):
 
 def test_flip_only(split):
     order = torch.arange(N)
-    x, _ = collect(loader(split, augment={"crop_padding": 0, "flip": True}).batches(order, seed=0))
+    x, _ = collect(loader(split, augment=aug(crop_padding=0, flip=True)).batches(order, seed=0))
     plain = reference_normalize(split.images).float()
     same = torch.isclose(x, plain, atol=1e-6).flatten(1).all(1)
     mirrored = torch.isclose(x, plain.flip(3), atol=1e-6).flatten(1).all(1)
@@ -105,32 +111,34 @@ def test_channels_last_and_partial_last_batch(split):
 
 @pytest.mark.parametrize("policy", ["randaugment", "autoaugment"])
 def test_policies_are_seeded_and_leave_global_rng_alone(split, policy):
-    aug = {"crop_padding": 1, "flip": True, "policy": policy}
+    augment = aug(crop_padding=1, flip=True, policy=policy)
     state = torch.get_rng_state()
-    a = collect(loader(split, augment=aug).batches(torch.arange(N), seed=1))[0]
+    a = collect(loader(split, augment=augment).batches(torch.arange(N), seed=1))[0]
     assert torch.equal(state, torch.get_rng_state())
-    b = collect(loader(split, augment=aug, batch_size=5).batches(torch.arange(N), seed=1))[0]
-    plain = collect(loader(split, augment={"crop_padding": 1, "flip": True}).batches(torch.arange(N), seed=1))[0]
+    b = collect(loader(split, augment=augment, batch_size=5).batches(torch.arange(N), seed=1))[0]
+    plain = collect(loader(split, augment=aug(crop_padding=1, flip=True)).batches(torch.arange(N), seed=1))[0]
     assert a.shape == (N, C, H, W) and torch.equal(a, b) and not torch.equal(a, plain)
 
 
 def test_bad_augment_and_args(split):
-    with pytest.raises(ConfigError, match="valid keys: crop_padding, flip, policy, autoaugment, none, randaugment"):
-        build_augment({"crop": 4})
-    with pytest.raises(ConfigError, match="autoaugment, none, randaugment"):
-        build_augment({"policy": "trivial"})
-    with pytest.raises(ConfigError, match="takes no parameter 'ops'.*num_ops"):
-        build_augment({"policy": "randaugment", "randaugment": {"ops": 2}})
-    with pytest.raises(ConfigError, match="cifar10, imagenet, svhn"):
-        build_augment({"policy": "autoaugment", "autoaugment": {"policy": "mnist"}})
-    with pytest.raises(ConfigError, match="crop_padding must be an integer >= 0"):
-        build_augment({"crop_padding": -1})
+    with pytest.raises(ConfigError, match="train.augment.crop: unknown key; did you mean train.augment.crop_padding"):
+        aug(crop=4)
+    with pytest.raises(ConfigError, match="unknown augmentation policy 'trivial'; valid choices: autoaugment, none, "
+                                          "randaugment"):
+        aug(policy="trivial")
+    with pytest.raises(ConfigError, match="train.augment.randaugment.ops: unknown key; did you mean "
+                                          "train.augment.randaugment.num_ops"):
+        aug(policy="randaugment", randaugment={"ops": 2})
+    with pytest.raises(ConfigError, match="valid choices: cifar10, imagenet, svhn"):
+        aug(policy="autoaugment", autoaugment={"policy": "mnist"})
+    with pytest.raises(ConfigError, match="train.augment.crop_padding: -1: must be >= 0"):
+        aug(crop_padding=-1)
     with pytest.raises(ConfigError, match="batch_size"):
         loader(split, batch_size=0)
     with pytest.raises(ConfigError, match="indices must lie in"):
         next(loader(split).batches(torch.tensor([0, N]), seed=0))
     with pytest.raises(ConfigError, match="channel"):
-        BatchLoader(split, batch_size=4, mean=[0.5], std=[0.2], train=False, augment={})
+        BatchLoader(split, batch_size=4, mean=[0.5], std=[0.2], train=False)
 
 
 # ------------------------------------------------------------------------------------------------- streaming
@@ -149,7 +157,7 @@ def streamed(tmp_path_factory):
 
 def stream_loader(prepared, split, train, **kw):
     return BatchLoader(prepared.split(split), batch_size=3, mean=prepared.info["mean"], std=prepared.info["std"],
-                       train=train, augment={"crop_padding": 4, "flip": True}, image_size=prepared.info["image_size"],
+                       train=train, augment=aug(crop_padding=4, flip=True), image_size=prepared.info["image_size"],
                        **kw)
 
 
@@ -178,4 +186,4 @@ def test_stream_train_is_seeded_across_workers(streamed):
 
 def test_stream_needs_image_size(streamed):
     with pytest.raises(ConfigError, match="image_size"):
-        BatchLoader(streamed.split("val"), batch_size=2, mean=[0.5] * 3, std=[0.2] * 3, train=False, augment={})
+        BatchLoader(streamed.split("val"), batch_size=2, mean=[0.5] * 3, std=[0.2] * 3, train=False)

@@ -1,15 +1,17 @@
 """The real pipeline, end to end, in a temporary copy: git init, dvc init, dvc repro, dvc exp run -S ..."""
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from conftest import checkout_baseline, run, stages_ran
 from ltpipe.classifier import STAGE2
 from ltpipe.models.heads import load_head
 from ltpipe.evaluate import evaluate
-from ltpipe.io import load_params
 from ltpipe.report import experiments_table
 from ltpipe.stage2 import retrain_classifier
 
@@ -26,7 +28,7 @@ def test_repro_writes_metrics_and_plots(project):
     counts = json.loads((tmp / "data/prepared/class_counts.json").read_text())
     assert len(counts) == 10 and list(counts.values()) == sorted(counts.values(), reverse=True)
     assert (tmp / "metrics/per_class.csv").exists() and (tmp / "metrics/confusion.csv").exists()
-    assert not (tmp / "data/resume/stage1.pt").exists(), "checkpoint is removed after a finished run"
+    assert not any(Path(os.environ["LTPIPE_RESUME_DIR"]).iterdir()), "checkpoint is removed after a finished run"
     shown = run("dvc plots show --json", tmp).stdout
     assert "confusion" in shown and "class_counts" in shown
 
@@ -69,7 +71,7 @@ def test_exp_run_other_losses(project, loss):
 @pytest.mark.parametrize("method", STAGE2.names())
 def test_every_stage2_method_through_the_driver(project, method, tmp_path):
     tmp, _ = project
-    params = load_params(tmp / "params.yaml")
+    params = yaml.safe_load((tmp / "params.yaml").read_text())
     params["stage2"]["method"] = method
     stage1_bytes = (tmp / "artifacts/stage1/model.safetensors").read_bytes()
     retrain_classifier(params, tmp / "data/prepared", tmp / "artifacts/stage1", tmp / "artifacts/features", tmp_path)
@@ -108,4 +110,42 @@ def test_bad_stage2_name_fails_before_stage1_trains(project):
     assert bad.returncode != 0
     assert "unknown stage-2 method 'tau_normm'; valid choices:" in log and "crt" in log
     assert "stage 1 epoch" not in log, "the error must come before any training"
-    assert not (tmp / "data/resume/stage1.pt").exists()
+
+
+@pytest.mark.parametrize("sets, message", [
+    ("-S stage2.crt.lr=-1", "error: stage2.crt.lr: -1: must be > 0"),
+    ("-S stage2.crt.epochs=0 -S stage2.crt.batch_size=0", "error: stage2.crt.epochs: 0: must be >= 1"),
+    ("-S +train.epoch=5", "error: train.epoch: unknown key; did you mean train.epochs?"),
+    ("-S train.epochs=3.7", "error: train.epochs: 3.7: must be an integer"),
+])
+def test_bad_late_value_fails_in_the_first_stage_in_one_line(project, sets, message):
+    tmp, _ = project
+    try:
+        bad = run(f"dvc exp run -S train.lr=0.02 {sets}", tmp, check=False)
+    finally:
+        checkout_baseline(tmp)
+    log = bad.stdout + bad.stderr
+    assert bad.returncode != 0 and message in log, log
+    assert "Traceback" not in log, "a params error is one line, not a traceback"
+    assert "stage 1 epoch" not in log, "the first stage that runs must fail before any training"
+
+
+def test_leftovers_of_killed_stages_are_removed_by_their_next_run(project):
+    """`kill -9` in prepare or evaluate leaves a `.prepared.tmp.*` folder or a `.metrics.json.*.tmp` file behind."""
+    tmp, _ = project
+    junk = [tmp / "data/.prepared.tmp.k9", tmp / "data/.prepared.old.k9", tmp / "metrics/.metrics.json.k9.tmp",
+            tmp / "artifacts/stage2/.head.safetensors.k9.tmp"]
+    junk[0].mkdir()
+    (junk[0] / "train.csv").write_text("id,label\n")
+    junk[1].mkdir()
+    for path in junk[2:]:
+        path.write_bytes(b"")
+    keep = tmp / "data/notes.tmp.txt"
+    keep.write_text("not ours")
+    try:
+        for stage in ("prepare", "retrain_classifier", "evaluate"):
+            run(f"dvc repro -f -s {stage}", tmp)
+        assert not [p for p in junk if p.exists()]
+        assert keep.exists(), "only the stages' own temporary names are removed"
+    finally:
+        keep.unlink()

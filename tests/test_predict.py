@@ -71,7 +71,7 @@ def test_png_of_a_test_image_gets_the_probabilities_of_evaluation(gray_project):
     expected = hand_probabilities(root, pixels, [0.4], [0.3])
     # The data layer's evaluation batches of the same images give the same numbers.
     prepared = load_prepared(root / "data/prepared")
-    loader = BatchLoader(prepared.split("test"), batch_size=2, mean=[0.4], std=[0.3], train=False, augment={})
+    loader = BatchLoader(prepared.split("test"), batch_size=2, mean=[0.4], std=[0.3], train=False)
     predictor = load_predictor(root)
     with torch.no_grad():
         evaluated = torch.cat([predictor.head(predictor.backbone(x)) for x, _ in loader.batches(torch.arange(4), 0)])
@@ -145,7 +145,7 @@ def test_streamed_data_set_predicts_like_streamed_evaluation(tmp_path):
     predictions, errors = predictor.predict(files, top_k=3)
     assert errors == {}
     test = load_prepared(tmp_path / "data/prepared").split("test")
-    loader = BatchLoader(test, batch_size=4, mean=mean, std=std, train=False, augment={}, image_size=16)
+    loader = BatchLoader(test, batch_size=4, mean=mean, std=std, train=False, image_size=16)
     with torch.no_grad():
         x, _ = next(loader.batches(torch.arange(2), 0))
         assert x.shape == (2, 3, 16, 16)

@@ -46,7 +46,7 @@ EXP_SHOW = [
 
 def test_experiments_table_rows_params_and_metrics():
     table = experiments_table(EXP_SHOW, params=("loss", "stage2.method", "seed"),
-                              metrics=("accuracy", "many_shot", "few_shot", "ece", "train.loss"))
+                              metrics=("accuracy", "many_shot", "few_shot", "ece", "train.loss"), differing=False)
     assert list(table.columns) == ["experiment", "rev", "state", "baseline", "loss", "stage2.method", "seed",
                                    "accuracy", "many_shot", "few_shot", "ece", "train.loss"]
     assert table["experiment"].tolist() == ["workspace", "main", "exp-focal", "exp-failed", "exp-broken"]
@@ -63,6 +63,22 @@ def test_experiments_table_rows_params_and_metrics():
     # Nested metrics of other files (DVCLive's) are reachable by dotted name.
     assert table.loc[0, "train.loss"] == 0.5
     assert experiment_names(EXP_SHOW) == ["workspace", "main", "exp-focal", "exp-failed", "exp-broken"]
+
+
+def test_experiments_table_adds_the_params_that_differ():
+    base = {**PARAMS, "train": {"epochs": 30, "lr": 0.1}}
+    runs = [state("a" * 40, "main", base, metrics_file({"accuracy": 0.6}), experiments=[
+        {"revs": [state("b" * 40, "longer", {**PARAMS, "train": {"epochs": 200, "lr": 0.1}},
+                        metrics_file({"accuracy": 0.7}))], "executor": None, "name": "longer"},
+        {"revs": [state("c" * 40, "tweak", {**PARAMS, "train": {"epochs": 30, "lr": 0.1}, "stage2": {
+            "method": "crt", "crt": {"epochs": 5}}}, metrics_file({"accuracy": 0.5}))], "executor": None,
+         "name": "tweak"}])]
+    table = experiments_table(runs, params=("loss",), metrics=("accuracy",))
+    assert list(table.columns) == ["experiment", "rev", "state", "baseline", "loss", "stage2.crt.epochs",
+                                   "train.epochs", "accuracy"]
+    assert table["train.epochs"].tolist() == [30, 200, 30] and table["stage2.crt.epochs"].tolist() == [2, 2, 5]
+    # Keys equal in every experiment (train.lr where given, seed, ...) stay out of the way.
+    assert "seed" not in table.columns and "dataset.name" not in table.columns
 
 
 def test_experiments_table_survives_empty_and_odd_json():

@@ -12,7 +12,7 @@ from ltpipe.models.heads import LinearHead
 from ltpipe.errors import ConfigError
 from ltpipe.registry import Registry
 
-STAGE2 = Registry("stage-2 method")
+STAGE2 = Registry("stage-2 method", fixed=("data", "progress"))
 
 
 @dataclass

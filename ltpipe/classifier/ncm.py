@@ -24,4 +24,5 @@ def ncm(data: Stage2Data) -> Tuple[LinearHead, Dict[str, Any]]:
     g = F.normalize(x - center, dim=1)
     # the class sum has the class mean's direction: the 1/n_c factor vanishes under normalisation
     sums = torch.zeros(data.num_classes, data.in_features, dtype=g.dtype, device=g.device).index_add_(0, y, g)
-    return make_linear(F.normalize(sums, dim=1), None, center=center, normalize_input=True), {}
+    # Cosine similarities are scores, not logits of a probability model: evaluate reports no NLL / ECE for them.
+    return make_linear(F.normalize(sums, dim=1), None, center=center, normalize_input=True), {"probabilistic": False}

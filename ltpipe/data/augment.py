@@ -3,16 +3,15 @@ RandAugment policies, the PIL transforms of the streaming path, and normalisatio
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 
-from ltpipe.checks import check_int
 from ltpipe.errors import ConfigError
 from ltpipe.registry import Registry
+from ltpipe.types import NonNegInt, PosInt
 
 POLICIES = Registry("augmentation policy")
-AUGMENT_KEYS = ("crop_padding", "flip", "policy")
 # Resize the shorter side to image_size / 0.875 before the centre crop: the usual ImageNet evaluation ratio.
 EVAL_CROP_RATIO = 0.875
 
@@ -24,7 +23,7 @@ def no_policy() -> None:
 
 
 @POLICIES.register("randaugment")
-def randaugment(num_ops: int = 2, magnitude: int = 9, num_magnitude_bins: int = 31) -> Callable:
+def randaugment(num_ops: PosInt = 2, magnitude: NonNegInt = 9, num_magnitude_bins: PosInt = 31) -> Callable:
     """RandAugment (Cubuk et al., "RandAugment: Practical Automated Data Augmentation with a Reduced Search Space",
     CVPR-W 2020): apply num_ops ops drawn uniformly, each at strength magnitude / (num_magnitude_bins - 1)."""
     from torchvision.transforms import v2
@@ -33,40 +32,26 @@ def randaugment(num_ops: int = 2, magnitude: int = 9, num_magnitude_bins: int = 
 
 
 @POLICIES.register("autoaugment")
-def autoaugment(policy: str = "cifar10") -> Callable:
+def autoaugment(policy: Literal["cifar10", "imagenet", "svhn"] = "cifar10") -> Callable:
     """AutoAugment (Cubuk et al., "AutoAugment: Learning Augmentation Strategies from Data", CVPR 2019): one of the
     learned policy's 25 sub-policies per image, x -> op2(op1(x)) with the learned probabilities and magnitudes."""
     from torchvision.transforms import v2
 
-    policies = {p.value.lower(): p for p in v2.AutoAugmentPolicy}
-    if policy not in policies:
-        raise ConfigError(f"unknown autoaugment policy {policy!r}; valid choices: {', '.join(sorted(policies))}")
-    return v2.AutoAugment(policies[policy])
+    return v2.AutoAugment({p.value.lower(): p for p in v2.AutoAugmentPolicy}[policy])
 
 
-@dataclass
+@dataclass(frozen=True)
 class Augment:
-    crop_padding: int
-    flip: bool
-    policy: Callable | None
+    """Training augmentation: pad-crop by `crop_padding`, horizontal flip, and an optional policy (built)."""
+
+    crop_padding: int = 0
+    flip: bool = False
+    policy: Callable | None = None
 
 
-def build_augment(augment: Dict[str, Any]) -> Augment:
-    """Parse params.yaml `train.augment`: {crop_padding, flip, policy} plus one kwargs block per policy name."""
-    augment = dict(augment or {})
-    valid = AUGMENT_KEYS + tuple(POLICIES.names())
-    unknown = sorted(set(augment) - set(valid))
-    if unknown:
-        raise ConfigError(f"train.augment: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: "
-                          f"{', '.join(valid)}")
-    padding = augment.get("crop_padding", 4)
-    check_int("train.augment.crop_padding", padding, 0)
-    flip = augment.get("flip", True)
-    if not isinstance(flip, bool):
-        raise ConfigError(f"train.augment.flip must be true or false, got {flip!r}")
-    name = augment.get("policy", "none")
-    policy = POLICIES.build(name, **dict(augment.get(name) or {}))
-    return Augment(padding, flip, policy)
+def build_augment(cfg) -> Augment:
+    """The validated `train.augment` section -> Augment, its policy built from its kwargs block."""
+    return Augment(cfg.crop_padding, cfg.flip, POLICIES.build(cfg.policy, **dict(getattr(cfg, cfg.policy))))
 
 
 def draw_crop_flip(n: int, padding: int, flip: bool, generator: torch.Generator):

@@ -10,7 +10,7 @@ from typing import Callable, Iterator, List, Sequence, Tuple
 
 import torch
 
-from ltpipe.data.augment import Normalize, apply_policy, build_augment, crop_flip, draw_crop_flip, seeded, \
+from ltpipe.data.augment import Augment, Normalize, apply_policy, crop_flip, draw_crop_flip, seeded, \
     stream_transform
 from ltpipe.data.prepared import PreparedSplit
 from ltpipe.checks import check_int
@@ -45,14 +45,14 @@ class BatchLoader:
     """Yields (float (B, Ch, H, W) normalised images, int64 (B,) labels) in the order of the given indices."""
 
     def __init__(self, split: PreparedSplit, *, batch_size: int, mean: Sequence[float], std: Sequence[float],
-                 train: bool, augment: dict, image_size: int | None = None, num_workers: int = 0,
+                 train: bool, augment: Augment | None = None, image_size: int | None = None, num_workers: int = 0,
                  channels_last: bool = False):
         check_int("batch_size", batch_size, 1)
         check_int("num_workers", num_workers, 0)
         self.split, self.batch_size, self.train = split, batch_size, train
         self.num_workers, self.channels_last = num_workers, channels_last
         self.normalize = Normalize(mean, std)
-        self.augment = build_augment(augment)  # parsed even for eval, so a typo fails in any stage
+        self.augment = augment if augment is not None else Augment()
         if split.images is not None and split.images.shape[-1] != self.normalize.channels:
             raise ConfigError(f"mean/std have {self.normalize.channels} channel(s) but the images have "
                               f"{split.images.shape[-1]}")

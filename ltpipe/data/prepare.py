@@ -12,15 +12,13 @@ from typing import Any, Dict, List
 import numpy as np
 import pandas as pd
 
-from ltpipe.checks import check_int
 from ltpipe.data.decode import bad_files_message, decode_files
-from ltpipe.data.imbalance import CLASS_ORDERS, check_profile, class_order, class_ranks, per_class_counts, \
-    stream_generator
+from ltpipe.data.imbalance import class_order, class_ranks, per_class_counts, stream_generator
 from ltpipe.data.sources import SOURCES, Source, SourceSplit, check_labels
 from ltpipe.errors import ConfigError
 from ltpipe.io import write_csv, write_json, write_npy
+from ltpipe.schema import as_params
 
-VAL_FROM = ("train", "test", "source")
 # Streamed images are normalised with ImageNet's statistics (computing exact ones would mean a second full pass).
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 STREAM_IMAGE_SIZE = 224
@@ -28,6 +26,8 @@ STREAM_IMAGE_SIZE = 224
 
 @dataclass
 class PrepareConfig:
+    """What `prepare` reads of the params (seed, dataset, imbalance, split), already validated by the schema."""
+
     seed: int
     name: str
     kwargs: Dict[str, Any]
@@ -40,36 +40,13 @@ class PrepareConfig:
     val_per_class: int
     test_per_class: int
 
-
-def check_prepare_params(params: Dict[str, Any]) -> PrepareConfig:
-    """Every value `prepare` reads (seed, dataset, imbalance, split), checked before any file is touched."""
-    try:
-        dataset, imbalance, split = params["dataset"], params["imbalance"], params["split"]
-        seed = params["seed"]
-    except KeyError as exc:
-        raise ConfigError(f"params.yaml: missing top-level key {exc.args[0]!r} (prepare reads seed, dataset, "
-                          f"imbalance, split)") from None
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"seed must be an integer, got {seed!r}")
-    name = dataset.get("name")
-    SOURCES.get(name)
-    kwargs = dict(dataset.get(name) or {})
-    SOURCES.check_kwargs(name, kwargs)
-    check_profile(imbalance.get("profile"), imbalance.get("factor"))
-    if imbalance.get("class_order") not in CLASS_ORDERS:
-        raise ConfigError(f"unknown imbalance.class_order {imbalance.get('class_order')!r}; valid choices: "
-                          f"{', '.join(CLASS_ORDERS)}")
-    if split.get("val_from") not in VAL_FROM:
-        raise ConfigError(f"unknown split.val_from {split.get('val_from')!r}; valid choices: {', '.join(VAL_FROM)}")
-    return PrepareConfig(
-        seed=seed, name=name, kwargs=kwargs,
-        in_memory_max_size=check_int("dataset.in_memory_max_size", dataset.get("in_memory_max_size"), 1),
-        profile=imbalance["profile"], factor=imbalance["factor"],
-        n_max=check_int("imbalance.n_max", imbalance.get("n_max"), 1, allow_none=True),
-        class_order=imbalance["class_order"], val_from=split["val_from"],
-        val_per_class=check_int("split.val_per_class", split.get("val_per_class"), 1),
-        test_per_class=check_int("split.test_per_class", split.get("test_per_class"), 1),
-    )
+    @classmethod
+    def from_params(cls, params) -> "PrepareConfig":
+        imbalance, split = params.imbalance, params.split
+        return cls(seed=params.seed, name=params.dataset.name, kwargs=params.dataset_kwargs(),
+                   in_memory_max_size=params.dataset.in_memory_max_size, profile=imbalance.profile,
+                   factor=imbalance.factor, n_max=imbalance.n_max, class_order=imbalance.class_order,
+                   val_from=split.val_from, val_per_class=split.val_per_class, test_per_class=split.test_per_class)
 
 
 def _read_files(source: Source, cfg: PrepareConfig) -> tuple[Source, List[str], int, bool]:
@@ -179,10 +156,10 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)
 
 
-def prepare(params: Dict[str, Any], out_dir) -> None:
+def prepare(params, out_dir) -> None:
     """Write classes.json, class_counts.{json,csv}, info.json, {train,val,test}.csv and, for small images,
-    {train,val,test}_images.npy (uint8 N,H,W,Ch) into `out_dir`, replacing it whole."""
-    cfg = check_prepare_params(params)
+    {train,val,test}_images.npy (uint8 N,H,W,Ch) into `out_dir`, replacing it whole. `params`: Params or a mapping."""
+    cfg = PrepareConfig.from_params(as_params(params))
     source = SOURCES.build(cfg.name, **cfg.kwargs)
     splits, counts, order = make_splits(source, cfg)  # fails fast, before any pixel is read
     skipped: List[str] = []

@@ -9,13 +9,14 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ltpipe.checks import check_int
 from ltpipe.errors import ConfigError
 from ltpipe.registry import Registry
+from ltpipe.types import Bool, PosInt
 
 SOURCES = Registry("data set")
 SPLITS = ("train", "val", "test")
@@ -173,7 +174,7 @@ def _cifar(name: str, root, download: bool) -> Source:
 
 
 @SOURCES.register("cifar10")
-def cifar10(root: str | None = None, download: bool = False) -> Source:
+def cifar10(root: Optional[str] = None, download: Bool = False) -> Source:
     """CIFAR-10 (Krizhevsky, "Learning Multiple Layers of Features from Tiny Images", tech. report, U. Toronto 2009):
     python pickles under root/cifar-10-batches-py, 50,000 train / 10,000 test 32x32 RGB images, pixel = stored byte.
     """
@@ -181,7 +182,7 @@ def cifar10(root: str | None = None, download: bool = False) -> Source:
 
 
 @SOURCES.register("cifar100")
-def cifar100(root: str | None = None, download: bool = False) -> Source:
+def cifar100(root: Optional[str] = None, download: Bool = False) -> Source:
     """CIFAR-100 (Krizhevsky, "Learning Multiple Layers of Features from Tiny Images", tech. report, U. Toronto
     2009): python pickles under root/cifar-100-python, 100 fine classes, 500 train / 100 test images each.
     """
@@ -207,7 +208,7 @@ def _list_images(class_dir: Path, extensions: Tuple[str, ...]) -> List[str]:
 
 
 @SOURCES.register("imagefolder")
-def imagefolder(root: str | None = None, image_size: int | None = None, skip_bad: bool = False) -> Source:
+def imagefolder(root: Optional[str] = None, image_size: Optional[PosInt] = None, skip_bad: Bool = False) -> Source:
     """Image folders in torchvision's ImageFolder layout, root/{train,val,test}/<class>/<image>, any format PIL reads;
     label = index of the class folder in sorted order (val optional; no test folder: `prepare` carves one).
     """
@@ -319,9 +320,9 @@ def _manifest_split(list_file: Path, fmt: str, classes_by_id: Dict[int, int] | N
 
 
 @SOURCES.register("manifest")
-def manifest(root: str | None = None, train_list: str | None = None, val_list: str | None = None,
-             test_list: str | None = None, format: str = "txt", image_size: int | None = None,
-             skip_bad: bool = False) -> Source:
+def manifest(root: Optional[str] = None, train_list: Optional[str] = None, val_list: Optional[str] = None,
+             test_list: Optional[str] = None, format: Literal["txt", "inat_json"] = "txt",
+             image_size: Optional[PosInt] = None, skip_bad: Bool = False) -> Source:
     """List-file data sets: ImageNet-LT / Places-LT (Liu et al., "Large-Scale Long-Tailed Recognition in an Open
     World", CVPR 2019; `txt`: "<path relative to root> <label>" per line) and iNaturalist 2018 (Van Horn et al.,
     "The iNaturalist Species Classification and Detection Dataset", CVPR 2018; `inat_json`: COCO-style JSON).

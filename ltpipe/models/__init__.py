@@ -14,7 +14,7 @@ from ltpipe.io import load_tensors, save_tensors, write_json
 from ltpipe.models.resnet_cifar import CifarResNet
 from ltpipe.registry import Registry
 
-BACKBONES = Registry("backbone")
+BACKBONES = Registry("backbone", fixed=("in_chans",))
 
 
 def _cifar_resnet(depth: int):

@@ -9,7 +9,7 @@ import torch
 from ltpipe.errors import ConfigError
 from ltpipe.registry import Registry
 
-SCHEDULES = Registry("lr schedule")
+SCHEDULES = Registry("lr schedule", fixed=("progress", "epoch", "milestones", "gamma"))
 
 
 @SCHEDULES.register("cosine")

@@ -3,19 +3,20 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Dict, List
 
 import torch
 from tqdm import tqdm
 
+from ltpipe.data.augment import build_augment
 from ltpipe.data.loader import BatchLoader
 from ltpipe.data.prepared import load_prepared
 from ltpipe.losses import build_loss
 from ltpipe.mixing import build_mixer
 from ltpipe.models import Classifier, save_classifier
-from ltpipe.registry import named_kwargs
 from ltpipe.samplers import build_sampler
-from ltpipe.train.checkpoint import fingerprint, load_checkpoint, save_checkpoint
+from ltpipe.schema import as_params
+from ltpipe.train.checkpoint import checkpoint_path, fingerprint, load_checkpoint, save_checkpoint
 from ltpipe.train.schedule import build_sgd
 
 STAGE1_PARAMS = ("seed", "loss", "losses", "model", "train", "samplers", "mixers")
@@ -32,51 +33,54 @@ def predict_logits(model: torch.nn.Module, loader: BatchLoader, n: int) -> torch
     return torch.cat([model(x) for x, _ in loader.batches(torch.arange(n), seed=0)])
 
 
-def train_backbone(params: Dict[str, Any], prepared_dir, out_dir, live_dir, checkpoint_path) -> None:
-    """Train, log per-epoch curves with DVCLive, checkpoint every epoch, and write the final model to `out_dir`."""
+def train_backbone(params, prepared_dir, out_dir, live_dir, resume_dir=None) -> None:
+    """Train, log per-epoch curves with DVCLive, checkpoint every epoch, and write the final model to `out_dir`.
+
+    `params`: the validated Params (or a mapping, validated here). The checkpoint lives in `resume_dir` (default:
+    `ltpipe.train.checkpoint.resume_dir()`) under the run's fingerprint, and is deleted when the run finishes."""
     from dvclive import Live
 
-    cfg, seed = params["train"], int(params["seed"])
+    params = as_params(params)
+    cfg, seed = params.train, params.seed
     prepared = load_prepared(prepared_dir)
     train, val = prepared.split("train"), prepared.split("val")
     counts, num_classes = prepared.class_counts, len(prepared.classes)
 
     # Everything that can reject params is built before the model trains one step.
-    loss_fn = build_loss(params["loss"], counts, **named_kwargs(params.get("losses"), params["loss"], "losses"))
-    sampler = build_sampler(cfg["sampler"], train.labels, num_classes, **named_kwargs(params.get("samplers"), cfg["sampler"], "samplers"))
-    mixer = build_mixer(cfg["mixer"], counts, **named_kwargs(params.get("mixers"), cfg["mixer"], "mixers"))
+    loss_fn = build_loss(params.loss, counts, **params.loss_kwargs())
+    sampler = build_sampler(cfg.sampler, train.labels, num_classes, **params.sampler_kwargs())
+    mixer = build_mixer(cfg.mixer, counts, **params.mixer_kwargs())
     loader_kw = dict(mean=prepared.info["mean"], std=prepared.info["std"], image_size=prepared.info.get("image_size"),
-                     num_workers=int(cfg.get("num_workers", 0)), channels_last=bool(cfg.get("channels_last", False)))
-    train_loader = BatchLoader(train, batch_size=int(cfg["batch_size"]), train=True, augment=cfg.get("augment") or {},
+                     num_workers=cfg.num_workers, channels_last=cfg.channels_last)
+    train_loader = BatchLoader(train, batch_size=cfg.batch_size, train=True, augment=build_augment(cfg.augment),
                                **loader_kw)
-    val_loader = BatchLoader(val, batch_size=int(cfg.get("eval_batch_size", 256)), train=False, augment={},
-                             **loader_kw)
+    val_loader = BatchLoader(val, batch_size=cfg.eval_batch_size, train=False, **loader_kw)
 
     torch.manual_seed(seed)
-    model = Classifier(params["model"]["backbone"], num_classes, int(prepared.info["channels"]),
+    model = Classifier(params.model.backbone, num_classes, int(prepared.info["channels"]),
                        normalize_weight=loss_fn.needs_normed_classifier)
-    if loader_kw["channels_last"]:
+    if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    epochs = int(cfg["epochs"])
-    steps_per_epoch = math.ceil(len(train.labels) / int(cfg["batch_size"]))
+    epochs = cfg.epochs
+    steps_per_epoch = math.ceil(len(train.labels) / cfg.batch_size)
     optimizer, scheduler = build_sgd(
-        model.parameters(), lr=float(cfg["lr"]), momentum=float(cfg["momentum"]),
-        weight_decay=float(cfg["weight_decay"]), nesterov=bool(cfg.get("nesterov", False)),
-        steps_per_epoch=steps_per_epoch, epochs=epochs, warmup_epochs=int(cfg["warmup_epochs"]),
-        schedule=cfg["schedule"], milestones=list(cfg.get("milestones") or []), gamma=float(cfg.get("gamma", 0.1)))
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov,
+        steps_per_epoch=steps_per_epoch, epochs=epochs, warmup_epochs=cfg.warmup_epochs, schedule=cfg.schedule,
+        milestones=list(cfg.milestones), gamma=cfg.gamma)
 
-    run_id = fingerprint({k: params.get(k) for k in STAGE1_PARAMS},
+    run_id = fingerprint(params.section(*STAGE1_PARAMS),
                          [p for p in Path(prepared_dir).iterdir() if p.is_file()])
     history: List[Dict[str, float]] = []
     start_epoch = 0
-    state = load_checkpoint(checkpoint_path, run_id)
+    ckpt = checkpoint_path(run_id, resume_dir)
+    state = load_checkpoint(ckpt, run_id)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         history, start_epoch = state["history"], state["epoch"]
-        print(f"resuming stage 1 from epoch {start_epoch}/{epochs} ({checkpoint_path})")
+        print(f"resuming stage 1 from epoch {start_epoch}/{epochs} ({ckpt})")
 
     # DVC deletes the stage's outputs before running it, so a resumed run replays the saved history into a new log.
     live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
@@ -89,12 +93,12 @@ def train_backbone(params: Dict[str, Any], prepared_dir, out_dir, live_dir, chec
         row["val/acc"] = (val_pred == val.labels).float().mean().item()
         history.append(row)
         _log_epoch(live, row)
-        save_checkpoint(checkpoint_path, dict(fingerprint=run_id, epoch=epoch + 1, history=history,
-                                              model=model.state_dict(), optimizer=optimizer.state_dict(),
-                                              scheduler=scheduler.state_dict(), torch_rng=torch.get_rng_state()))
+        save_checkpoint(ckpt, dict(fingerprint=run_id, epoch=epoch + 1, history=history, model=model.state_dict(),
+                                   optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                                   torch_rng=torch.get_rng_state()))
     live.end()
     save_classifier(out_dir, model.to(memory_format=torch.contiguous_format))
-    Path(checkpoint_path).unlink(missing_ok=True)
+    ckpt.unlink(missing_ok=True)
 
 
 def _train_one_epoch(model, loader, sampler, mixer, loss_fn, optimizer, scheduler, epoch, epochs, seed):

@@ -1,0 +1,197 @@
+"""The one schema of params.yaml: every section, key, type, range and default, checked once before any stage works.
+
+Fixed sections are declared here; the per-method blocks (`losses`, `samplers`, `mixers`, `stage2.<method>`,
+`dataset.<name>`, `train.augment.<policy>`) are generated from the registries' factory signatures, so a method's
+keyword arguments are declared once, in its signature. Stages receive the validated, frozen `Params` object.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Annotated, Any, Dict, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, create_model, field_validator, model_validator
+
+from ltpipe.errors import ConfigError
+from ltpipe.registry import BLOCK_CONFIG, Registry
+from ltpipe.types import Bool, Float, Milestones, NonNegFloat, NonNegInt, OpenUnitFloat, PosFloat, PosInt
+from ltpipe.validation import format_validation_error, relation_error
+
+SECTION_CONFIG = ConfigDict(extra="forbid", frozen=True)
+
+
+class Section(BaseModel):
+    model_config = SECTION_CONFIG
+
+
+def blocks_model(registry: Registry, title: str, **fixed_fields: Any) -> type[BaseModel]:
+    """A section holding one keyword-argument block per registry entry (plus `fixed_fields`), each defaulted."""
+    fields = {name: (registry.kwargs_model(name), Field(default_factory=registry.kwargs_model(name)))
+              for name in registry.names()}
+    return create_model(title, __config__=BLOCK_CONFIG, **fixed_fields, **fields)
+
+
+def kwargs_of(blocks: BaseModel, name: str) -> Dict[str, Any]:
+    """The keyword arguments of entry `name` in a blocks section, as a plain dict."""
+    return dict(getattr(blocks, name))
+
+
+class Imbalance(Section):
+    profile: Literal["exp", "step", "none"] = "exp"
+    factor: Annotated[Float, Field(ge=1)] = 10.0  # n_max / n_min
+    n_max: Optional[PosInt] = None
+    class_order: Literal["index", "shuffle"] = "index"
+
+
+class Split(Section):
+    val_from: Literal["train", "test", "source"] = "train"
+    val_per_class: PosInt = 20
+    test_per_class: PosInt = 30
+
+
+class Evaluate(Section):
+    many_threshold: NonNegInt = 100
+    few_threshold: NonNegInt = 20
+    logit_adjust_tau: Float = 1.0
+    tsne: Bool = False
+    tsne_max_points: Annotated[int, Strict(), Field(ge=2)] = 2000
+
+    @model_validator(mode="after")
+    def _groups(self):
+        if self.few_threshold > self.many_threshold:
+            raise relation_error("few_threshold", self.few_threshold,
+                                 f"must be <= many_threshold ({self.many_threshold})")
+        return self
+
+
+class Model(Section):
+    backbone: str = "resnet8"
+
+    @field_validator("backbone")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from ltpipe.models import check_backbone
+
+        check_backbone(name)
+        return name
+
+
+@functools.lru_cache(maxsize=None)
+def params_model() -> type[BaseModel]:
+    """The Params model, built once every registry has its entries."""
+    from ltpipe.classifier import STAGE2
+    from ltpipe.data.augment import POLICIES
+    from ltpipe.data.sources import SOURCES
+    from ltpipe.losses import LOSSES
+    from ltpipe.mixing import MIXERS
+    from ltpipe.samplers import SAMPLERS
+    from ltpipe.train.schedule import SCHEDULES
+
+    Dataset = blocks_model(SOURCES, "dataset", name=(SOURCES.name_type(), "digits"),
+                           in_memory_max_size=(PosInt, 64))
+    Augment = blocks_model(POLICIES, "train.augment", crop_padding=(NonNegInt, 1), flip=(Bool, False),
+                           policy=(POLICIES.name_type(), "none"))
+
+    class Train(Section):
+        epochs: PosInt = 30
+        batch_size: PosInt = 64
+        eval_batch_size: PosInt = 256
+        lr: PosFloat = 0.05
+        momentum: OpenUnitFloat = 0.9
+        nesterov: Bool = False
+        weight_decay: NonNegFloat = 5e-4
+        warmup_epochs: NonNegInt = 2
+        schedule: SCHEDULES.name_type() = "cosine"  # type: ignore[valid-type]
+        milestones: Milestones = [160, 180]
+        gamma: PosFloat = 0.01  # multistep factor per milestone
+        sampler: SAMPLERS.name_type() = "instance"  # type: ignore[valid-type]
+        mixer: MIXERS.name_type() = "none"  # type: ignore[valid-type]
+        augment: Augment = Field(default_factory=Augment)  # type: ignore[valid-type]
+        num_workers: NonNegInt = 0
+        channels_last: Bool = False
+
+        @model_validator(mode="after")
+        def _schedule(self):
+            if self.warmup_epochs >= self.epochs:
+                raise relation_error("warmup_epochs", self.warmup_epochs, f"must be < epochs ({self.epochs})")
+            late = [m for m in self.milestones if m >= self.epochs]
+            if self.schedule == "multistep" and late:
+                raise relation_error("milestones", self.milestones,
+                                     f"must be < epochs ({self.epochs}); {late} would never be reached")
+            return self
+
+    Stage2 = blocks_model(STAGE2, "stage2", method=(STAGE2.name_type(), "crt"))
+
+    class Params(Section):
+        seed: NonNegInt = 0
+        dataset: Dataset = Field(default_factory=Dataset)  # type: ignore[valid-type]
+        imbalance: Imbalance = Field(default_factory=Imbalance)
+        split: Split = Field(default_factory=Split)
+        model: Model = Field(default_factory=Model)
+        loss: LOSSES.name_type() = "ce"  # type: ignore[valid-type]
+        losses: blocks_model(LOSSES, "losses") = Field(  # type: ignore[valid-type]
+            default_factory=blocks_model(LOSSES, "losses"))
+        train: Train = Field(default_factory=Train)
+        samplers: blocks_model(SAMPLERS, "samplers") = Field(  # type: ignore[valid-type]
+            default_factory=blocks_model(SAMPLERS, "samplers"))
+        mixers: blocks_model(MIXERS, "mixers") = Field(  # type: ignore[valid-type]
+            default_factory=blocks_model(MIXERS, "mixers"))
+        stage2: Stage2 = Field(default_factory=Stage2)  # type: ignore[valid-type]
+        evaluate: Evaluate = Field(default_factory=Evaluate)
+
+        @model_validator(mode="after")
+        def _drw_within_training(self):
+            drw = kwargs_of(self.losses, self.loss).get("drw_epoch")
+            if drw is not None and drw >= self.train.epochs:
+                raise relation_error(f"losses.{self.loss}.drw_epoch", drw,
+                                     f"must be < train.epochs ({self.train.epochs}) or null")
+            return self
+
+        def loss_kwargs(self) -> Dict[str, Any]:
+            return kwargs_of(self.losses, self.loss)
+
+        def sampler_kwargs(self) -> Dict[str, Any]:
+            return kwargs_of(self.samplers, self.train.sampler)
+
+        def mixer_kwargs(self) -> Dict[str, Any]:
+            return kwargs_of(self.mixers, self.train.mixer)
+
+        def dataset_kwargs(self) -> Dict[str, Any]:
+            return kwargs_of(self.dataset, self.dataset.name)
+
+        def policy_kwargs(self) -> Dict[str, Any]:
+            return kwargs_of(self.train.augment, self.train.augment.policy)
+
+        def stage2_kwargs(self) -> Dict[str, Any]:
+            return kwargs_of(self.stage2, self.stage2.method)
+
+        def section(self, *names: str) -> Dict[str, Any]:
+            """The named top-level sections as plain data (what a stage's run fingerprint hashes)."""
+            return {name: _plain(getattr(self, name)) for name in names}
+
+    return Params
+
+
+def _plain(value: Any) -> Any:
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+def validate_params(raw: Any, source: str = "params.yaml") -> BaseModel:
+    """The validated Params, or ConfigError with one line per problem (`<key path>: <value>: <rule>`)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections (seed, dataset, train, ...), "
+                          f"got a {type(raw).__name__}")
+    model = params_model()
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, "", model)) from None
+
+
+def default_params() -> Dict[str, Any]:
+    """Every key with its default, as plain data (what an empty params.yaml means)."""
+    return params_model()().model_dump(mode="json")
+
+
+def as_params(params: Any) -> BaseModel:
+    """`params` itself if already validated, else the validated Params of a mapping (library callers, tests)."""
+    return params if isinstance(params, params_model()) else validate_params(params, "params")

@@ -1,0 +1,72 @@
+"""Resume survives DVC's temporary experiment folders: a queued experiment killed in stage 1 resumes from its last
+finished epoch when it is queued again (the checkpoint lives in LTPIPE_RESUME_DIR, keyed by the run's fingerprint)."""
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import checkout_baseline, run
+
+pytestmark = pytest.mark.slow
+SETS = "-S train.epochs=60 -S train.lr=0.031 -S train.warmup_epochs=1"
+
+
+def wait_for(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def checkpoint_epoch(resume: Path):
+    for path in resume.glob("stage1-*.pt"):
+        try:
+            return path, torch.load(path, weights_only=False)["epoch"]
+        except Exception:  # being replaced right now
+            return None
+    return None
+
+
+def queue_idle(tmp):
+    status = run("dvc queue status", tmp, check=False).stdout
+    return "Running" not in status and "Queued" not in status
+
+
+def test_killed_queued_experiment_resumes_from_its_checkpoint(project):
+    tmp, _ = project
+    resume = Path(os.environ["LTPIPE_RESUME_DIR"])
+    try:
+        run(f"dvc exp run --queue -n first {SETS}", tmp)
+        run("dvc queue start", tmp)
+        _, epoch = wait_for(lambda: (c := checkpoint_epoch(resume)) and c[1] >= 3 and c, 300, "epoch 3 checkpoint")
+        pid = subprocess.run(["pgrep", "-f", "stages.train_backbone"], capture_output=True, text=True).stdout.split()
+        assert pid, "stage 1 is running in the queue worker"
+        for p in pid:
+            os.kill(int(p), signal.SIGKILL)
+        wait_for(lambda: queue_idle(tmp), 120, "the killed task to end")
+        assert "Failed" in run("dvc queue status", tmp).stdout
+        path, killed_at = wait_for(lambda: checkpoint_epoch(resume), 5, "the checkpoint to survive the failed task")
+        assert killed_at >= epoch
+
+        run(f"dvc exp run --queue -n second {SETS}", tmp)
+        run("dvc queue start", tmp)
+        wait_for(lambda: queue_idle(tmp), 300, "the re-queued experiment")
+        logs = run("dvc queue logs second", tmp).stdout
+        assert f"resuming stage 1 from epoch {killed_at}/60" in logs, logs[-3000:]
+        assert "Success" in run("dvc queue status", tmp).stdout
+        assert not path.exists(), "a finished run deletes its checkpoint"
+        steps = run("dvc exp show --json", tmp).stdout
+        assert "second" in steps
+    finally:
+        run("dvc queue stop --kill", tmp, check=False)
+        run("dvc queue remove --all", tmp, check=False)
+        for path in resume.glob("stage1-*.pt"):
+            path.unlink()
+        checkout_baseline(tmp)

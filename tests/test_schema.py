@@ -1,0 +1,168 @@
+"""The params schema: every key known, typed and range-checked once, one line per problem, before any stage works."""
+import copy
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from ltpipe.config import load_validated_params, read_params_file
+from ltpipe.errors import ConfigError
+from ltpipe.schema import default_params, validate_params
+
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def with_value(path, value):
+    params = copy.deepcopy(PARAMS)
+    *parents, leaf = path.split(".")
+    node = params
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    return params
+
+
+def error_of(params):
+    with pytest.raises(ConfigError) as info:
+        validate_params(params)
+    return str(info.value)
+
+
+def test_committed_params_are_exactly_the_schema_defaults():
+    """Every key of the schema is in params.yaml (so `dvc exp run -S` can set it) and nothing else is."""
+    assert default_params() == validate_params(PARAMS).model_dump(mode="json")
+    assert validate_params(PARAMS).model_dump(mode="json") == yaml.safe_load(yaml.safe_dump(PARAMS))
+
+
+@pytest.mark.parametrize("path, typo, message", [
+    ("train", "epoch", "train.epoch: unknown key; did you mean train.epochs?"),
+    ("imbalance", "factr", "imbalance.factr: unknown key; did you mean imbalance.factor?"),
+    ("evaluate", "tnse", "evaluate.tnse: unknown key; did you mean evaluate.tsne?"),
+    ("", "trian", "trian: unknown key; did you mean train?"),
+    ("losses.focal", "gama", "losses.focal.gama: unknown key; did you mean losses.focal.gamma?"),
+    ("stage2.crt", "lrr", "stage2.crt.lrr: unknown key; did you mean stage2.crt.lr?"),
+])
+def test_unknown_keys_are_errors_with_the_nearest_key(path, typo, message):
+    params = copy.deepcopy(PARAMS)
+    node = params
+    for key in filter(None, path.split(".")):
+        node = node[key]
+    node[typo] = 1
+    assert error_of(params) == message
+
+
+@pytest.mark.parametrize("path, value, message", [
+    ("train.epochs", 3.7, "train.epochs: 3.7: must be an integer"),
+    ("train.epochs", 3.0, "train.epochs: 3.0: must be an integer"),
+    ("train.epochs", "ten", "train.epochs: 'ten': must be an integer"),
+    ("train.epochs", True, "train.epochs: True: must be an integer"),
+    ("train.lr", "fast", "train.lr: 'fast': must be a number"),
+    ("train.lr", 0, "train.lr: 0: must be > 0"),
+    ("train.momentum", 1.0, "train.momentum: 1.0: must be < 1"),
+    ("train.channels_last", "yes", "train.channels_last: 'yes': must be true or false"),
+    ("train.schedule", "step", "train.schedule: 'step': unknown lr schedule 'step'; valid choices: constant, cosine, "
+                               "multistep"),
+    ("train.warmup_epochs", 30, "train.warmup_epochs: 30: must be < epochs (30)"),
+    ("loss", "focall", "loss: 'focall': unknown loss 'focall'; valid choices: "),
+    ("stage2.method", "cRT", "stage2.method: 'cRT': unknown stage-2 method 'cRT'; valid choices: bbn, crt, "),
+    ("stage2.crt.lr", -1, "stage2.crt.lr: -1: must be > 0"),
+    ("stage2.crt.epochs", 0, "stage2.crt.epochs: 0: must be >= 1"),
+    ("stage2.crt.batch_size", 0, "stage2.crt.batch_size: 0: must be >= 1"),
+    ("stage2.crt.sampler", "balanced", "stage2.crt.sampler: 'balanced': unknown sampler 'balanced'; valid choices:"),
+    ("stage2.crt.loss_params", {"gama": 1}, "stage2.crt.loss_params.gama: unknown key; stage2.crt.loss_params "
+                                            "takes no keys"),
+    ("imbalance.profile", "linear", "imbalance.profile: 'linear': not a valid choice; valid choices: exp, step, none"),
+    ("model.backbone", "resnet33", "model.backbone: 'resnet33': unknown backbone 'resnet33'"),
+    ("evaluate.few_threshold", 500, "evaluate.few_threshold: 500: must be <= many_threshold (100)"),
+    ("dataset.imagefolder.image_size", 3.5, "dataset.imagefolder.image_size: 3.5: must be an integer"),
+    ("train.augment.randaugment.num_ops", 0, "train.augment.randaugment.num_ops: 0: must be >= 1"),
+    ("samplers.class_aware.samples_per_class", 0, "samplers.class_aware.samples_per_class: 0: must be >= 1"),
+    ("mixers.remix.tau", 2.0, "mixers.remix.tau: 2.0: must be <= 1"),
+])
+def test_bad_values_name_the_key_the_value_and_the_rule(path, value, message):
+    assert error_of(with_value(path, value)).startswith(message)
+
+
+def test_every_problem_is_one_line():
+    params = with_value("train.epochs", 3.7)
+    params["train"]["epoch"] = 5
+    params["stage2"]["crt"]["lr"] = -1
+    lines = error_of(params).splitlines()
+    assert sorted(lines) == sorted(["train.epochs: 3.7: must be an integer",
+                                    "train.epoch: unknown key; did you mean train.epochs?",
+                                    "stage2.crt.lr: -1: must be > 0"])
+
+
+def test_stage2_loss_params_are_checked_against_the_chosen_loss():
+    params = with_value("stage2.crt.loss", "focal")
+    params["stage2"]["crt"]["loss_params"] = {"gamma": -2.0}
+    assert error_of(params) == "stage2.crt.loss_params.gamma: -2.0: must be >= 0"
+    params["stage2"]["crt"]["loss_params"] = {"gamma": 1.0}
+    assert validate_params(params).stage2.crt.loss == "focal"
+
+
+def test_drw_epoch_must_fall_inside_training():
+    params = with_value("loss", "cb_ce")
+    params["losses"]["cb_ce"]["drw_epoch"] = 30
+    assert error_of(params) == "losses.cb_ce.drw_epoch: 30: must be < train.epochs (30) or null"
+
+
+@pytest.mark.parametrize("text", ["train.lr", "stage2.crt.lr"])
+def test_5e_4_reads_the_same_from_pyyaml_and_from_dvc(tmp_path, text):
+    """PyYAML reads `5e-4` as the string '5e-4'; DVC's -S writes the float 0.0005. Both validate to 0.0005."""
+    *_, leaf = text.split(".")
+    as_string = yaml.safe_load(f"{leaf}: 5e-4")[leaf]
+    assert as_string == "5e-4"
+    for value in (as_string, 0.0005):
+        params = validate_params(with_value(text, value))
+        node = params
+        for key in text.split("."):
+            node = getattr(node, key)
+        assert node == 0.0005 and isinstance(node, float)
+
+
+def test_yaml_syntax_error_is_one_line_with_the_position(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("seed: 0\ntrain: [1, 2\n")
+    with pytest.raises(ConfigError) as info:
+        read_params_file(bad)
+    assert len(str(info.value).splitlines()) == 1
+    assert str(info.value).startswith(f"{bad}:3:1: YAML syntax error")
+
+
+def test_top_level_list_and_empty_file(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="the top level must be a mapping of sections .* got a list"):
+        load_validated_params(bad)
+    bad.write_text("")
+    assert load_validated_params(bad).train.epochs == PARAMS["train"]["epochs"], "empty file = all defaults"
+
+
+def cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "ltpipe.cli", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_validate_command_one_line_errors_exit_1_and_debug_traceback(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(with_value("stage2.crt.lr", -1)))
+    out = cli("validate", str(bad), cwd=tmp_path)
+    assert out.returncode == 1 and out.stderr == "error: stage2.crt.lr: -1: must be > 0\n" and out.stdout == ""
+    debug = cli("--debug", "validate", str(bad), cwd=tmp_path)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(PARAMS))
+    assert cli("validate", str(good), cwd=tmp_path).returncode == 0
+
+
+def test_stage_exits_1_without_traceback_before_touching_outputs(tmp_path):
+    (tmp_path / "params.yaml").write_text("- a list\n")
+    env_cmd = [sys.executable, "-m", "stages.evaluate", "--prepared", "p", "--stage2", "s", "--out", "out",
+               "--features", "f"]
+    out = subprocess.run(env_cmd, cwd=tmp_path, capture_output=True, text=True,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.startswith("error: params.yaml: the top level must be a mapping") and "Traceback" not in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
