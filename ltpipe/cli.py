@@ -23,7 +23,7 @@ def _report(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from ltpipe.predict import format_prediction, load_predictor
 
-    predictions, errors = load_predictor(args.model_dir).predict(args.images, top_k=args.top_k)
+    predictions, errors = load_predictor(args.model_dir, args.device).predict(args.images, top_k=args.top_k)
     for prediction in predictions:
         print(format_prediction(prediction))
     for path, reason in errors.items():
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("images", nargs="+", metavar="IMAGE")
     pred.add_argument("--model-dir", default=".", help="pipeline folder holding artifacts/ and data/prepared")
     pred.add_argument("--top-k", type=int, default=5)
+    pred.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps")
     pred.set_defaults(run=_predict)
 
     val = commands.add_parser("validate", help="check params.yaml (names, keyword arguments, values)")

@@ -56,10 +56,13 @@ def run_cli(fn: Callable[[], Any]) -> int:
         return 1
 
 
-def stage_main(description: str, run, *flags: str, with_params: bool = True, outputs: tuple = ()) -> None:
+def stage_main(description: str, run, *flags: str, outputs: tuple = (), distributed_module: str | None = None) -> None:
     """The whole of a `stages/*.py` entry point: parse the path flags dvc.yaml passes, validate params.yaml, remove
     what an earlier killed run of this stage left behind in the folders of `outputs` (flags naming output paths),
-    then call `run([params,] *paths)` with the paths in the order of `flags`."""
+    then call `run(params, *paths)` with the paths in the order of `flags`.
+
+    With `distributed_module` (the stage's module name) and `runtime.nproc_per_node` > 1, the stage relaunches itself
+    under torchrun, so `dvc repro` stays the one command."""
     import argparse
 
     from ltpipe.io import remove_leftovers
@@ -74,9 +77,18 @@ def stage_main(description: str, run, *flags: str, with_params: bool = True, out
     paths = [args[flag.lstrip("-").replace("-", "_")] for flag in flags]
 
     def main() -> None:
-        params = load_validated_params()
-        for flag in outputs:
-            remove_leftovers(args[flag.lstrip("-").replace("-", "_")])
-        run(*([params] if with_params else []), *paths)
+        from ltpipe.runtime import launch_distributed, under_torchrun
 
-    sys.exit(run_cli(main))
+        params = load_validated_params()
+        nproc = params.runtime.nproc_per_node
+        if distributed_module is not None and nproc > 1 and not under_torchrun():
+            status.append(launch_distributed(nproc, distributed_module, sys.argv[1:]))
+            return
+        if os.environ.get("RANK", "0") == "0":
+            for flag in outputs:
+                remove_leftovers(args[flag.lstrip("-").replace("-", "_")])
+        run(params, *paths)
+
+    status = []
+    failed = run_cli(main)
+    sys.exit(failed or (status[0] if status else 0))

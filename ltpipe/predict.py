@@ -18,6 +18,7 @@ from ltpipe.data.prepared import Prepared, PreparedSplit, load_prepared
 from ltpipe.checks import check_int
 from ltpipe.errors import ConfigError
 from ltpipe.models import load_classifier
+from ltpipe.runtime import resolve_device
 
 STAGE1_DIR = "artifacts/stage1"
 HEAD_PATH = "artifacts/stage2/head.safetensors"
@@ -34,8 +35,10 @@ class Prediction:
 class Predictor:
     """Backbone + head + the prepared data set's classes and preprocessing (channels, size, mean/std)."""
 
-    def __init__(self, backbone: torch.nn.Module, head: torch.nn.Module, prepared: Prepared):
-        self.backbone, self.head, self.prepared = backbone.eval(), head.eval(), prepared
+    def __init__(self, backbone: torch.nn.Module, head: torch.nn.Module, prepared: Prepared,
+                 device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.backbone, self.head, self.prepared = backbone.eval().to(self.device), head.eval().to(self.device), prepared
         self.info = prepared.info
         self.channels = int(self.info["channels"])
 
@@ -83,13 +86,13 @@ class Predictor:
 
         return np.asarray(Image.fromarray(image).convert("L"))[..., None]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def probabilities(self, split: PreparedSplit) -> torch.Tensor:
-        """softmax(head(backbone(x))) of every image of `split`, (N, C)."""
+        """softmax(head(backbone(x))) of every image of `split`, (N, C), on the CPU."""
         loader = BatchLoader(split, batch_size=BATCH_SIZE, mean=self.info["mean"], std=self.info["std"], train=False,
-                             image_size=self.info.get("image_size"))
+                             image_size=self.info.get("image_size"), device=self.device)
         num_classes = len(self.prepared.classes)
-        logits = [self.head(self.backbone(x)) for x, _ in loader.batches(torch.arange(len(split)), seed=0)]
+        logits = [self.head(self.backbone(x)).cpu() for x, _ in loader.batches(torch.arange(len(split)), seed=0)]
         logits = torch.cat(logits) if logits else torch.zeros(0, num_classes)
         if logits.shape[1] != num_classes:
             # A head from another data set (a stale artifacts/ folder) would print wrong names.
@@ -110,9 +113,10 @@ class Predictor:
         return predictions, errors
 
 
-def load_predictor(model_dir=".") -> Predictor:
+def load_predictor(model_dir=".", device: str = "auto") -> Predictor:
     """The pipeline's outputs under `model_dir` (a repo after `dvc repro`): artifacts/stage1, the stage-2 head and
-    data/prepared."""
+    data/prepared, on `device` (auto | cpu | cuda | cuda:N | mps; one that is not there is a ConfigError)."""
+    device = resolve_device(device)
     root = Path(model_dir)
     missing = [p for p in (STAGE1_DIR + "/model.json", HEAD_PATH, PREPARED_DIR + "/info.json")
                if not (root / p).is_file()]
@@ -120,7 +124,7 @@ def load_predictor(model_dir=".") -> Predictor:
         raise ConfigError(f"{str(root)!r} lacks {', '.join(missing)}: --model-dir must be a pipeline folder after "
                           f"`dvc repro` (or `dvc exp apply <experiment>`)")
     return Predictor(load_classifier(root / STAGE1_DIR).backbone, load_head(root / HEAD_PATH),
-                     load_prepared(root / PREPARED_DIR))
+                     load_prepared(root / PREPARED_DIR), device)
 
 
 def format_prediction(prediction: Prediction) -> str:

@@ -75,6 +75,36 @@ class Model(Section):
         return name
 
 
+DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
+
+
+class RuntimeParams(Section):
+    """The `runtime:` section of params.yaml."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: Bool = False
+    deterministic: Bool = True
+    nproc_per_node: PosInt = 1
+    sync_bn: Bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _device_syntax(cls, value: str) -> str:
+        kind, _, index = value.partition(":")
+        if kind not in ("auto", "cpu", "cuda", "mps") or (index and not (kind == "cuda" and index.isdigit())):
+            raise ValueError(f"not a device; valid choices: {DEVICE_HELP}")
+        return value
+
+    def check_available(self) -> None:
+        """A device this machine lacks fails here, when params are validated, before any stage does work."""
+        from ltpipe.runtime import available_devices
+
+        if self.device != "auto" and self.device not in available_devices():
+            raise ValueError(f"not available on this machine; available devices: {', '.join(available_devices())}"
+                             " (or auto)")
+
+
 @functools.lru_cache(maxsize=None)
 def params_model() -> type[BaseModel]:
     """The Params model, built once every registry has its entries."""
@@ -137,6 +167,23 @@ def params_model() -> type[BaseModel]:
             default_factory=blocks_model(MIXERS, "mixers"))
         stage2: Stage2 = Field(default_factory=Stage2)  # type: ignore[valid-type]
         evaluate: Evaluate = Field(default_factory=Evaluate)
+        runtime: RuntimeParams = Field(default_factory=RuntimeParams)
+
+        @model_validator(mode="after")
+        def _device_exists(self):
+            try:
+                self.runtime.check_available()
+            except ValueError as err:
+                raise relation_error("runtime.device", self.runtime.device, str(err)) from None
+            return self
+
+        @model_validator(mode="after")
+        def _batch_splits_over_processes(self):
+            if self.train.batch_size < self.runtime.nproc_per_node:
+                raise relation_error("train.batch_size", self.train.batch_size,
+                                     f"must be >= runtime.nproc_per_node ({self.runtime.nproc_per_node}): the global "
+                                     "batch is split over the processes")
+            return self
 
         @model_validator(mode="after")
         def _drw_within_training(self):

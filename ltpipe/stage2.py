@@ -12,6 +12,7 @@ from ltpipe.features import load_features
 from ltpipe.io import write_csv, write_json, write_npy
 from ltpipe.models import load_classifier
 from ltpipe.tables import frequency_ranked
+from ltpipe.runtime import Runtime
 from ltpipe.schema import as_params
 
 
@@ -25,21 +26,23 @@ def retrain_classifier(params, prepared_dir, model_dir, features_dir, out_dir) -
     """`params`: the validated Params (or a mapping, validated here)."""
     params = as_params(params)
     method = params.stage2.method
+    device = Runtime.from_params(params.runtime).device
     prepared = load_prepared(prepared_dir)
-    base_head = load_classifier(model_dir).head
+    base_head = load_classifier(model_dir).head.to(device)
     data = Stage2Data(
-        train_features=load_features(features_dir, "train"), train_labels=prepared.split("train").labels,
-        val_features=load_features(features_dir, "val"), val_labels=prepared.split("val").labels,
+        train_features=load_features(features_dir, "train", device),
+        train_labels=prepared.split("train").labels.to(device),
+        val_features=load_features(features_dir, "val", device), val_labels=prepared.split("val").labels.to(device),
         class_counts=list(prepared.class_counts), base_head=base_head, seed=params.seed)
     head, info = fit_stage2(method, data, **params.stage2_kwargs())
     head.eval()
     out_dir = Path(out_dir)
     with torch.no_grad():
         for split in ("val", "test"):
-            write_npy(out_dir / f"logits_{split}.npy", head(load_features(features_dir, split)).numpy())
+            write_npy(out_dir / f"logits_{split}.npy", head(load_features(features_dir, split, device)).cpu().numpy())
         norms = pd.DataFrame({"class": prepared.classes, "train_count": prepared.class_counts,
-                              "stage1": weight_norms(base_head).numpy().round(6),
-                              "stage2": weight_norms(head).numpy().round(6)})
+                              "stage1": weight_norms(base_head).cpu().numpy().round(6),
+                              "stage2": weight_norms(head).cpu().numpy().round(6)})
     save_head(out_dir / "head.safetensors", head)
     write_json(out_dir / "info.json", {"method": method, **info})
     write_csv(out_dir / "weight_norms.csv", frequency_ranked(norms))

@@ -1,5 +1,6 @@
 """Stage 1 without DVC: determinism, resume after an interruption, and bad input failing before training."""
 import copy
+import inspect
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ from ltpipe.errors import ConfigError
 from ltpipe.schema import validate_params
 from ltpipe.train import stage1
 from conftest import ROOT
+
+EPOCH = list(inspect.signature(stage1._train_one_epoch).parameters).index("epoch")
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +53,10 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(params, prepar
     full, full_live, _ = train(params, prepared, tmp_path, "full")
     real_epoch = stage1._train_one_epoch
 
-    def dies_in_epoch_2(model, loader, sampler, mixer, loss_fn, optimizer, scheduler, epoch, *rest):
-        if epoch == 2:
+    def dies_in_epoch_2(*args):
+        if args[EPOCH] == 2:
             raise KeyboardInterrupt
-        return real_epoch(model, loader, sampler, mixer, loss_fn, optimizer, scheduler, epoch, *rest)
+        return real_epoch(*args)
 
     monkeypatch.setattr(stage1, "_train_one_epoch", dies_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
@@ -64,7 +67,7 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(params, prepar
 
     monkeypatch.setattr(stage1, "_train_one_epoch", real_epoch)
     calls = []
-    monkeypatch.setattr(stage1, "_train_one_epoch", lambda *a: calls.append(a[7]) or real_epoch(*a))
+    monkeypatch.setattr(stage1, "_train_one_epoch", lambda *a: calls.append(a[EPOCH]) or real_epoch(*a))
     out, live, _ = train(params, prepared, tmp_path, "resumed")
     assert calls == [2], "only the missing epoch is trained"
     assert (out / "model.safetensors").read_bytes() == (full / "model.safetensors").read_bytes()
@@ -82,14 +85,14 @@ def test_checkpoint_of_other_params_is_ignored(params, prepared, tmp_path, monke
     monkeypatch.undo()
     calls = []
     real_epoch = stage1._train_one_epoch
-    monkeypatch.setattr(stage1, "_train_one_epoch", lambda *a: calls.append(a[7]) or real_epoch(*a))
+    monkeypatch.setattr(stage1, "_train_one_epoch", lambda *a: calls.append(a[EPOCH]) or real_epoch(*a))
     train(params, prepared, tmp_path, "y")
     assert calls == [0, 1, 2]
 
 
 def _raise_at(real, at):
     def fn(*a):
-        if a[7] == at:
+        if a[EPOCH] == at:
             raise KeyboardInterrupt
         return real(*a)
     return fn

@@ -69,11 +69,11 @@ def crop_flip(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flips: torch.
     hp, wp = h + 2 * padding, w + 2 * padding
     padded = x.new_zeros(b, hp, wp, c)
     padded[:, padding:padding + h, padding:padding + w] = x
-    rows = oy[:, None] + torch.arange(h)
-    cols = torch.arange(w).expand(b, w)
+    rows = oy[:, None] + torch.arange(h, device=x.device)
+    cols = torch.arange(w, device=x.device).expand(b, w)
     cols = ox[:, None] + torch.where(flips[:, None], cols.flip(1), cols)
     # One flat row index per output pixel: index_select copies whole Ch-vectors, ~2x faster than 3-D indexing.
-    pixel = (torch.arange(b)[:, None, None] * hp + rows[:, :, None]) * wp + cols[:, None, :]
+    pixel = (torch.arange(b, device=x.device)[:, None, None] * hp + rows[:, :, None]) * wp + cols[:, None, :]
     return padded.view(b * hp * wp, c).index_select(0, pixel.view(-1)).view(b, h, w, c)
 
 
@@ -93,9 +93,9 @@ def apply_policy(x: torch.Tensor, policy: Callable, seeds: torch.Tensor) -> torc
 class Normalize:
     """x -> (x / 255 - mean) / std per channel, folded into one multiply-add on a uint8 (B, Ch, H, W) batch."""
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]):
-        mean = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
-        std = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu"):
+        mean = torch.as_tensor(mean, dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
+        std = torch.as_tensor(std, dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
         if mean.numel() != std.numel() or not bool((std > 0).all()):
             raise ConfigError(f"mean and std need one value per channel and std > 0, got mean={mean.flatten()} "
                               f"std={std.flatten()}")

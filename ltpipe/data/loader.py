@@ -41,17 +41,27 @@ class _FileDataset(torch.utils.data.Dataset):
         return x, self.labels[i]
 
 
+Shard = Callable[[torch.Tensor], torch.Tensor]
+
+
 class BatchLoader:
-    """Yields (float (B, Ch, H, W) normalised images, int64 (B,) labels) in the order of the given indices."""
+    """Yields (float (B, Ch, H, W) normalised images, int64 (B,) labels) on `device`, in the order of the indices.
+
+    In-memory images move to the device once; indexing, pad-crop, flip and normalisation then run there per batch,
+    with no DataLoader and no host round trip. Streamed images come through DataLoader workers (pinned memory and
+    non-blocking copies on CUDA). With `shard` (a rank's share of a global batch's positions, see
+    `ltpipe.runtime.Runtime.shard`) each global batch yields only this process's rows, augmented exactly as the
+    single-process run augments them.
+    """
 
     def __init__(self, split: PreparedSplit, *, batch_size: int, mean: Sequence[float], std: Sequence[float],
                  train: bool, augment: Augment | None = None, image_size: int | None = None, num_workers: int = 0,
-                 channels_last: bool = False):
+                 channels_last: bool = False, device: torch.device | str = "cpu"):
         check_int("batch_size", batch_size, 1)
         check_int("num_workers", num_workers, 0)
         self.split, self.batch_size, self.train = split, batch_size, train
-        self.num_workers, self.channels_last = num_workers, channels_last
-        self.normalize = Normalize(mean, std)
+        self.num_workers, self.channels_last, self.device = num_workers, channels_last, torch.device(device)
+        self.normalize = Normalize(mean, std, self.device)
         self.augment = augment if augment is not None else Augment()
         if split.images is not None and split.images.shape[-1] != self.normalize.channels:
             raise ConfigError(f"mean/std have {self.normalize.channels} channel(s) but the images have "
@@ -62,42 +72,54 @@ class BatchLoader:
             if image_size is None or image_size < 1:
                 raise ConfigError(f"streamed images need image_size >= 1, got {image_size!r}")
         self.image_size = image_size
+        self.images = split.images.to(self.device) if split.images is not None else None
+        self.labels = split.labels.to(self.device)
 
     def __len__(self) -> int:
         return len(self.split)
 
-    def batches(self, indices: torch.Tensor, seed: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        indices = torch.as_tensor(indices, dtype=torch.long)
+    def batches(self, indices: torch.Tensor, seed: int, shard: Shard | None = None
+                ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        indices = torch.as_tensor(indices, dtype=torch.long).cpu()
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= len(self.split)):
             raise ConfigError(f"indices must lie in [0, {len(self.split) - 1}], got [{int(indices.min())}, "
                               f"{int(indices.max())}]")
         generator = torch.Generator().manual_seed(int(seed))
-        if self.split.images is not None:
-            return self._in_memory(indices, generator)
-        return self._streamed(indices, generator)
+        positions = [torch.arange(start, min(start + self.batch_size, len(indices)))
+                     for start in range(0, len(indices), self.batch_size)]
+        if shard is not None:
+            positions = [shard(p) for p in positions]
+        if self.images is not None:
+            return self._in_memory(indices, positions, generator)
+        return self._streamed(indices, positions, generator)
 
-    def _in_memory(self, indices: torch.Tensor, generator: torch.Generator):
-        images, labels, aug, n = self.split.images, self.split.labels, self.augment, len(indices)
+    def _in_memory(self, indices: torch.Tensor, positions: List[torch.Tensor], generator: torch.Generator):
+        aug, n, device = self.augment, len(indices), self.device
+        # Every draw is made for the whole epoch on the CPU generator: the same seed gives the same augmentation
+        # on every device and for any number of processes; one copy per epoch brings it to the device.
         if self.train:
-            oy, ox, flips = draw_crop_flip(n, aug.crop_padding, aug.flip, generator)
+            oy, ox, flips = (t.to(device) for t in draw_crop_flip(n, aug.crop_padding, aug.flip, generator))
             seeds = torch.randint(_SEED_BOUND, (n,), generator=generator) if aug.policy is not None else None
-        for start in range(0, n, self.batch_size):
-            end = min(start + self.batch_size, n)
-            idx = indices[start:end]
-            x = images[idx]
+        indices = indices.to(device)
+        for pos in positions:
+            pos_dev = pos.to(device)
+            idx = indices[pos_dev]
+            x = self.images[idx]
             if self.train:
-                x = crop_flip(x, oy[start:end], ox[start:end], flips[start:end], aug.crop_padding)
+                x = crop_flip(x, oy[pos_dev], ox[pos_dev], flips[pos_dev], aug.crop_padding)
             x = x.permute(0, 3, 1, 2)  # a view: (B, Ch, H, W) in channels-last memory
             if self.train and aug.policy is not None:
-                x = apply_policy(x.contiguous(), aug.policy, seeds[start:end])
-            yield self.normalize(x, self.channels_last), labels[idx]
+                x = apply_policy(x.contiguous(), aug.policy, seeds[pos])
+            yield self.normalize(x, self.channels_last), self.labels[idx]
 
-    def _streamed(self, indices: torch.Tensor, generator: torch.Generator):
+    def _streamed(self, indices: torch.Tensor, positions: List[torch.Tensor], generator: torch.Generator):
         seeds = torch.randint(_SEED_BOUND, (len(indices),), generator=generator) if self.train else None
         dataset = _FileDataset(self.split.paths, self.split.labels, indices, seeds,
                                stream_transform(self.train, self.image_size, self.augment),
                                "L" if self.normalize.channels == 1 else "RGB")
-        loader = torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
-                                             num_workers=self.num_workers)
+        cuda = self.device.type == "cuda"
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=[p.tolist() for p in positions],
+                                             num_workers=self.num_workers, pin_memory=cuda)
         for x, y in loader:
+            x, y = x.to(self.device, non_blocking=cuda), y.to(self.device, non_blocking=cuda)
             yield self.normalize(x, self.channels_last), y

@@ -68,8 +68,11 @@ class Classifier(nn.Module):
         self.head = LinearHead(self.backbone.num_features, num_classes, bias=not normalize_weight,
                                normalize_weight=normalize_weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        """logits, or (logits, features) with `return_features` (one call, so DDP sees the whole forward)."""
+        features = self.backbone(x)
+        logits = self.head(features)
+        return (logits, features) if return_features else logits
 
 
 def save_classifier(out_dir, model: Classifier) -> None:

@@ -1,4 +1,6 @@
-"""Stage 1: instance-balanced (or any sampler) training of backbone + linear classifier, resumable per epoch."""
+"""Stage 1: instance-balanced (or any sampler) training of backbone + linear classifier, resumable per epoch, on the
+runtime's device and precision, in one process or many (torchrun DDP: rank r trains on its share of every global
+batch; only rank 0 writes checkpoints, logs and outputs)."""
 from __future__ import annotations
 
 import math
@@ -14,11 +16,14 @@ from ltpipe.data.prepared import load_prepared
 from ltpipe.losses import build_loss
 from ltpipe.mixing import build_mixer
 from ltpipe.models import Classifier, save_classifier
+from ltpipe.runtime import Runtime, under_torchrun
 from ltpipe.samplers import build_sampler
 from ltpipe.schema import as_params
 from ltpipe.train.checkpoint import checkpoint_path, fingerprint, load_checkpoint, save_checkpoint
 from ltpipe.train.schedule import build_sgd
 
+# The sections a stage-1 result depends on (the run fingerprint hashes them); runtime.device and the number of
+# processes are left out on purpose, so a run interrupted on one GPU count can resume on another.
 STAGE1_PARAMS = ("seed", "loss", "losses", "model", "train", "samplers", "mixers")
 
 
@@ -27,38 +32,49 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-@torch.no_grad()
-def predict_logits(model: torch.nn.Module, loader: BatchLoader, n: int) -> torch.Tensor:
+@torch.inference_mode()
+def predict_logits(model: torch.nn.Module, loader: BatchLoader, n: int, runtime: Runtime) -> torch.Tensor:
     model.eval()
-    return torch.cat([model(x) for x, _ in loader.batches(torch.arange(n), seed=0)])
+    with runtime.autocast():
+        return torch.cat([model(x).float() for x, _ in loader.batches(torch.arange(n), seed=0)])
 
 
 def train_backbone(params, prepared_dir, out_dir, live_dir, resume_dir=None) -> None:
     """Train, log per-epoch curves with DVCLive, checkpoint every epoch, and write the final model to `out_dir`.
 
     `params`: the validated Params (or a mapping, validated here). The checkpoint lives in `resume_dir` (default:
-    `ltpipe.train.checkpoint.resume_dir()`) under the run's fingerprint, and is deleted when the run finishes."""
+    `ltpipe.train.checkpoint.resume_dir()`) under the run's fingerprint, and is deleted when the run finishes.
+    Under torchrun every process calls this; the process group is joined here.
+    """
+    params = as_params(params)
+    runtime = Runtime.from_params(params.runtime, distributed=under_torchrun())
+    try:
+        _train(params, runtime, prepared_dir, out_dir, live_dir, resume_dir)
+    finally:
+        runtime.close()
+
+
+def _train(params, runtime: Runtime, prepared_dir, out_dir, live_dir, resume_dir) -> None:
     from dvclive import Live
 
-    params = as_params(params)
     cfg, seed = params.train, params.seed
     prepared = load_prepared(prepared_dir)
     train, val = prepared.split("train"), prepared.split("val")
     counts, num_classes = prepared.class_counts, len(prepared.classes)
 
     # Everything that can reject params is built before the model trains one step.
-    loss_fn = build_loss(params.loss, counts, **params.loss_kwargs())
+    loss_fn = build_loss(params.loss, counts, **params.loss_kwargs()).to(runtime.device)
     sampler = build_sampler(cfg.sampler, train.labels, num_classes, **params.sampler_kwargs())
     mixer = build_mixer(cfg.mixer, counts, **params.mixer_kwargs())
     loader_kw = dict(mean=prepared.info["mean"], std=prepared.info["std"], image_size=prepared.info.get("image_size"),
-                     num_workers=cfg.num_workers, channels_last=cfg.channels_last)
+                     num_workers=cfg.num_workers, channels_last=cfg.channels_last, device=runtime.device)
     train_loader = BatchLoader(train, batch_size=cfg.batch_size, train=True, augment=build_augment(cfg.augment),
                                **loader_kw)
     val_loader = BatchLoader(val, batch_size=cfg.eval_batch_size, train=False, **loader_kw)
 
     torch.manual_seed(seed)
     model = Classifier(params.model.backbone, num_classes, int(prepared.info["channels"]),
-                       normalize_weight=loss_fn.needs_normed_classifier)
+                       normalize_weight=loss_fn.needs_normed_classifier).to(runtime.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     epochs = cfg.epochs
@@ -67,9 +83,9 @@ def train_backbone(params, prepared_dir, out_dir, live_dir, resume_dir=None) -> 
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov,
         steps_per_epoch=steps_per_epoch, epochs=epochs, warmup_epochs=cfg.warmup_epochs, schedule=cfg.schedule,
         milestones=list(cfg.milestones), gamma=cfg.gamma)
+    scaler = runtime.grad_scaler()
 
-    run_id = fingerprint(params.section(*STAGE1_PARAMS),
-                         [p for p in Path(prepared_dir).iterdir() if p.is_file()])
+    run_id = fingerprint(params.section(*STAGE1_PARAMS), [p for p in Path(prepared_dir).iterdir() if p.is_file()])
     history: List[Dict[str, float]] = []
     start_epoch = 0
     ckpt = checkpoint_path(run_id, resume_dir)
@@ -78,57 +94,76 @@ def train_backbone(params, prepared_dir, out_dir, live_dir, resume_dir=None) -> 
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         history, start_epoch = state["history"], state["epoch"]
-        print(f"resuming stage 1 from epoch {start_epoch}/{epochs} ({ckpt})")
+        if runtime.is_main:
+            print(f"resuming stage 1 from epoch {start_epoch}/{epochs} ({ckpt})")
+    trained = runtime.wrap_for_training(model)
 
     # DVC deletes the stage's outputs before running it, so a resumed run replays the saved history into a new log.
-    live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+    live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None) if runtime.is_main else None
     for row in history:
         _log_epoch(live, row)
 
     for epoch in range(start_epoch, epochs):
-        row = _train_one_epoch(model, train_loader, sampler, mixer, loss_fn, optimizer, scheduler, epoch, epochs, seed)
-        val_pred = predict_logits(model, val_loader, len(val.labels)).argmax(1)
-        row["val/acc"] = (val_pred == val.labels).float().mean().item()
+        row = _train_one_epoch(trained, train_loader, sampler, mixer, loss_fn, optimizer, scheduler, scaler, runtime,
+                               epoch, epochs, seed)
+        # Every rank evaluates the same validation set (small) rather than waiting on rank 0.
+        val_pred = predict_logits(model, val_loader, len(val.labels), runtime).argmax(1)
+        row["val/acc"] = (val_pred == val_loader.labels).float().mean().item()
         history.append(row)
-        _log_epoch(live, row)
-        save_checkpoint(ckpt, dict(fingerprint=run_id, epoch=epoch + 1, history=history, model=model.state_dict(),
-                                   optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                                   torch_rng=torch.get_rng_state()))
-    live.end()
-    save_classifier(out_dir, model.to(memory_format=torch.contiguous_format))
-    ckpt.unlink(missing_ok=True)
+        if runtime.is_main:
+            _log_epoch(live, row)
+            save_checkpoint(ckpt, dict(fingerprint=run_id, epoch=epoch + 1, history=history, model=model.state_dict(),
+                                       optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                                       scaler=scaler.state_dict(), torch_rng=torch.get_rng_state()))
+        runtime.barrier()
+    if runtime.is_main:
+        live.end()
+        save_classifier(out_dir, model.to(memory_format=torch.contiguous_format))
+        ckpt.unlink(missing_ok=True)
+    runtime.barrier()
 
 
-def _train_one_epoch(model, loader, sampler, mixer, loss_fn, optimizer, scheduler, epoch, epochs, seed):
+def _train_one_epoch(model, loader, sampler, mixer, loss_fn, optimizer, scheduler, scaler, runtime: Runtime,
+                     epoch, epochs, seed):
     model.train()
     loss_fn.set_epoch(epoch, epochs)
     generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
-    indices = sampler.epoch_indices(epoch, epochs, seed)
+    indices = sampler.epoch_indices(epoch, epochs, seed)  # one global order, the same on every rank
     lr = optimizer.param_groups[0]["lr"]
-    total_loss = total_correct = total_seen = 0.0
-    bar = tqdm(loader.batches(indices, seed=epoch_seed(seed, epoch)), total=math.ceil(len(indices) / loader.batch_size),
-               desc=f"stage 1 epoch {epoch + 1}/{epochs}", leave=False)
-    for x, y in bar:
+    totals = torch.zeros(3, dtype=torch.float64, device=runtime.device)  # loss sum, correct, seen
+    batches = loader.batches(indices, seed=epoch_seed(seed, epoch), shard=runtime.shard)
+    bar = tqdm(batches, total=math.ceil(len(indices) / loader.batch_size), desc=f"stage 1 epoch {epoch + 1}/{epochs}",
+               leave=False, disable=not runtime.is_main)
+    for step, (x, y) in enumerate(bar):
         x, y_a, y_b, lam = mixer(x, y, generator)
-        features = model.backbone(x)
-        logits = model.head(features)
-        per_sample = loss_fn(logits, y_a, features if loss_fn.needs_features else None)
+        with runtime.autocast():
+            logits, features = model(x, return_features=True)
+        logits = logits.float()
+        features = features.float() if loss_fn.needs_features else None
+        per_sample = loss_fn(logits, y_a, features)
         if bool((lam < 1).any()):
-            per_sample = lam * per_sample + (1 - lam) * loss_fn(logits, y_b, features if loss_fn.needs_features else None)
-        loss = per_sample.mean()
+            per_sample = lam * per_sample + (1 - lam) * loss_fn(logits, y_b, features)
+        # DDP averages gradients over ranks: scale each rank's sum so the average is the global batch mean, which
+        # keeps the step independent of the number of processes even when the shares differ by one sample.
+        global_n = runtime.all_sum(torch.tensor(float(len(y)), device=runtime.device))
+        loss = per_sample.sum() * (runtime.world_size / global_n)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         with torch.no_grad():
             pred = logits.argmax(1)
-            total_correct += (lam * (pred == y_a) + (1 - lam) * (pred == y_b)).sum().item()
-            total_loss += loss.item() * len(y)
-            total_seen += len(y)
-        bar.set_postfix(loss=f"{total_loss / total_seen:.3f}")
-    return {"train/loss": total_loss / total_seen, "train/acc": total_correct / total_seen, "train/lr": lr}
+            correct = (lam * (pred == y_a) + (1 - lam) * (pred == y_b)).sum()
+            totals += torch.stack([per_sample.detach().sum().double(), correct.double(),
+                                   torch.tensor(float(len(y)), dtype=torch.float64, device=runtime.device)])
+        if runtime.is_main and step % 20 == 0:  # .item() waits for the device: not every step
+            bar.set_postfix(loss=f"{totals[0].item() / totals[2].item():.3f}")
+    loss_sum, correct, seen = runtime.all_sum(totals).tolist()
+    return {"train/loss": loss_sum / seen, "train/acc": correct / seen, "train/lr": lr}
 
 
 def _log_epoch(live, row: Dict[str, float]) -> None:

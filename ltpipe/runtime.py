@@ -1,0 +1,155 @@
+"""Where and how a stage computes: device, precision, compilation, determinism and the process group.
+
+Decided once per stage (`Runtime.from_params`) and passed down; no other module looks at devices or ranks itself.
+Processes are started by torchrun (`launch_distributed`); rank r of world size W takes its contiguous share of every
+*global* batch (`Runtime.shard`), so the global batch, and with SyncBatchNorm the result, do not depend on W.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from pydantic import ValidationError
+
+from ltpipe.errors import ConfigError
+from ltpipe.schema import DEVICE_HELP, RuntimeParams
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def available_devices() -> list[str]:
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """auto = CUDA, then MPS, then CPU; a device that is not there is a ConfigError listing those that are."""
+    try:
+        RuntimeParams(device=name)
+    except ValidationError:
+        raise ConfigError(f"device {name!r}: not a device; valid choices: {DEVICE_HELP}") from None
+    available = available_devices()
+    if name == "auto":
+        name = "cuda" if "cuda" in available else "mps" if "mps" in available else "cpu"
+    if name not in available:
+        raise ConfigError(f"device {name!r}: not available on this machine; available devices: "
+                          f"{', '.join(available)} (or auto)")
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
+        if name not in available:
+            raise ConfigError(f"runtime.nproc_per_node: process {local_rank} needs {name}, but this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s)")
+    return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto = bf16 on CUDA that supports it, fp16 on older CUDA, fp32 elsewhere (measured: bf16 is slower on a CPU
+    without AMX). fp16 needs CUDA: its GradScaler has no CPU kernels worth using."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if precision == "fp16" and device.type not in ("cuda", "cpu"):
+        raise ConfigError(f"runtime.precision: 'fp16' is not supported on {device.type}; valid choices here: fp32, bf16")
+    return precision
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The resolved runtime of one process."""
+
+    device: torch.device
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    compile: bool = False
+    rank: int = 0
+    world_size: int = 1
+    sync_bn: bool = False
+
+    @classmethod
+    def from_params(cls, runtime: RuntimeParams, *, distributed: bool = False) -> "Runtime":
+        """Resolve the section; with `distributed`, join the torchrun process group (nccl on CUDA, gloo on CPU)."""
+        rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
+        if not distributed:
+            rank, world, local = 0, 1, 0
+        device = resolve_device(runtime.device, local)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        if runtime.deterministic and device.type == "cuda":
+            # cuBLAS needs this workspace setting for reproducible matmuls (documented cost: a few % of speed).
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        if world > 1 and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return cls(device=device, precision=resolve_precision(runtime.precision, device), compile=runtime.compile,
+                   rank=rank, world_size=world, sync_bn=runtime.sync_bn)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return _DTYPES[self.precision]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A GradScaler that is active only for fp16 (bf16 has fp32's exponent range)."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+    def shard(self, global_batch: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous share of one global batch (shares differ by at most one sample)."""
+        if self.world_size == 1:
+            return global_batch
+        return torch.tensor_split(global_batch, self.world_size)[self.rank]
+
+    def wrap_for_training(self, model: torch.nn.Module) -> torch.nn.Module:
+        """SyncBatchNorm (if asked), DistributedDataParallel across ranks, torch.compile (if asked)."""
+        if self.distributed:
+            if self.sync_bn:
+                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        return torch.compile(model) if self.compile else model
+
+    def all_sum(self, value: torch.Tensor) -> torch.Tensor:
+        if self.distributed:
+            value = value.clone()
+            torch.distributed.all_reduce(value)
+        return value
+
+    def barrier(self) -> None:
+        if self.distributed:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.distributed and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def under_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def launch_distributed(nproc_per_node: int, module: str, argv: Sequence[str]) -> int:
+    """Re-run `python -m module argv` under torchrun on this node (the standalone rendezvous), return its status."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc_per_node}",
+           "-m", module, *argv]
+    return subprocess.call(cmd)
