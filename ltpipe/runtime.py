@@ -123,7 +123,9 @@ class Runtime:
     def wrap_for_training(self, model: torch.nn.Module) -> torch.nn.Module:
         """SyncBatchNorm (if asked), DistributedDataParallel across ranks, torch.compile (if asked)."""
         if self.distributed:
-            if self.sync_bn:
+            if self.sync_bn and self.device.type == "cpu":
+                convert_to_global_batchnorm(model)
+            elif self.sync_bn:
                 model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
@@ -142,6 +144,46 @@ class Runtime:
     def close(self) -> None:
         if self.distributed and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """Batch norm over the global batch of all ranks, for CPU process groups: torch's SyncBatchNorm runs on GPUs only.
+
+    Per channel, the ranks' sums of x and x^2 and their counts are all-reduced (with autograd, so gradients flow to
+    every rank's inputs); training statistics, running-statistics updates and eval are those of nn.BatchNorm.
+    """
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2-D input (N, C, ...), got {x.dim()}-D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [0] + list(range(2, x.dim()))
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        local = torch.stack([x.sum(dims), x.square().sum(dims)])
+        count = torch.tensor(float(x.numel() // x.shape[1]), dtype=x.dtype)
+        total, count = all_reduce(local), all_reduce(count)
+        mean = total[0] / count
+        var = total[1] / count - mean.square()
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach(), momentum)
+                self.running_var.lerp_(var.detach() * count / (count - 1), momentum)
+        out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        return out * self.weight.view(shape) + self.bias.view(shape) if self.affine else out
+
+
+def convert_to_global_batchnorm(module: torch.nn.Module) -> None:
+    """Turn every BatchNorm layer of `module` into a GlobalBatchNorm in place, sharing parameters and buffers."""
+    for child in module.modules():
+        if isinstance(child, torch.nn.modules.batchnorm._BatchNorm) and type(child) is not GlobalBatchNorm:
+            child.__class__ = GlobalBatchNorm
 
 
 def under_torchrun() -> bool:

@@ -103,7 +103,7 @@ def _train(params, runtime: Runtime, prepared_dir, out_dir, live_dir, resume_dir
 
     # DVC deletes the stage's outputs before running it, so a resumed run replays the saved history into a new log.
     live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None) if runtime.is_main else None
-    for row in history:
+    for row in history if live is not None else ():
         _log_epoch(live, row)
 
     for epoch in range(start_epoch, epochs):
