@@ -149,7 +149,8 @@ def params_model() -> type[BaseModel]:
                                      f"must be < epochs ({self.epochs}); {late} would never be reached")
             return self
 
-    Stage2 = blocks_model(STAGE2, "stage2", method=(STAGE2.name_type(), "crt"))
+    # stage2.seed: null uses the run seed; set it to repeat stage 2 on one cached stage 1 (the seed key would retrain).
+    Stage2 = blocks_model(STAGE2, "stage2", method=(STAGE2.name_type(), "crt"), seed=(Optional[NonNegInt], None))
 
     class Params(Section):
         seed: NonNegInt = 0

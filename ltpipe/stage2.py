@@ -33,7 +33,8 @@ def retrain_classifier(params, prepared_dir, model_dir, features_dir, out_dir) -
         train_features=load_features(features_dir, "train", device),
         train_labels=prepared.split("train").labels.to(device),
         val_features=load_features(features_dir, "val", device), val_labels=prepared.split("val").labels.to(device),
-        class_counts=list(prepared.class_counts), base_head=base_head, seed=params.seed)
+        class_counts=list(prepared.class_counts), base_head=base_head,
+        seed=params.seed if params.stage2.seed is None else params.stage2.seed)
     head, info = fit_stage2(method, data, **params.stage2_kwargs())
     head.eval()
     out_dir = Path(out_dir)
