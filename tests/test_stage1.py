@@ -126,3 +126,36 @@ def test_bad_loss_value_fails_before_any_output(params, prepared, tmp_path):
     with pytest.raises(ConfigError, match="gamma"):
         train(bad, prepared, tmp_path, "bad")
     assert not any(tmp_path.iterdir()), "nothing written"
+
+
+def test_stage1_hands_the_mixed_batch_to_the_loss(params, prepared, monkeypatch):
+    seen = []
+
+    class Spy(torch.nn.Module):
+        needs_features = False
+
+        def set_epoch(self, epoch, total):
+            pass
+
+        def forward(self, logits, y_a, features, y_b, lam):
+            seen.append((y_a, y_b, lam))
+            return logits.sum() * 0
+
+    from ltpipe.data.loader import BatchLoader
+    from ltpipe.data.prepared import load_prepared
+    from ltpipe.mixing import build_mixer
+    from ltpipe.models import Classifier
+    from ltpipe.samplers import build_sampler
+
+    split = load_prepared(prepared).split("train")
+    info = load_prepared(prepared).info
+    loader = BatchLoader(split, batch_size=128, train=True, augment={}, mean=info["mean"], std=info["std"],
+                         image_size=info.get("image_size"))
+    counts = load_prepared(prepared).class_counts
+    model = Classifier("resnet8", len(counts), int(info["channels"]))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    stage1._train_one_epoch(model, loader, build_sampler("instance", split.labels, len(counts)),
+                            build_mixer("remix", counts), Spy(), optimizer, scheduler, 0, 1, 0)
+    assert seen and all(lam.shape == y_a.shape == y_b.shape for y_a, y_b, lam in seen)
+    assert any(not torch.equal(y_a, y_b) for y_a, y_b, _ in seen)

@@ -47,7 +47,7 @@ class Recipe:
 
 
 class Supervised:
-    """Objective: mean per-sample loss of `model` on one batch from one sampler."""
+    """Objective: the batch loss of `model` on one batch from one sampler."""
 
     def __init__(self, model: nn.Module, loss_fn: LTLoss):
         self.model, self.loss_fn = model, loss_fn
@@ -57,7 +57,7 @@ class Supervised:
 
     def __call__(self, batches: Sequence[Batch]) -> torch.Tensor:
         (x, y), = batches
-        return self.loss_fn(self.model(x), y, x if self.loss_fn.needs_features else None).mean()
+        return self.loss_fn(self.model(x), y, x if self.loss_fn.needs_features else None)
 
 
 def sampler_and_loss(data: Stage2Data, sampler: str, sampler_params: Optional[Mapping[str, Any]], loss: str,

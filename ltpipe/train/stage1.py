@@ -110,10 +110,7 @@ def _train_one_epoch(model, loader, sampler, mixer, loss_fn, optimizer, schedule
         x, y_a, y_b, lam = mixer(x, y, generator)
         features = model.backbone(x)
         logits = model.head(features)
-        per_sample = loss_fn(logits, y_a, features if loss_fn.needs_features else None)
-        if bool((lam < 1).any()):
-            per_sample = lam * per_sample + (1 - lam) * loss_fn(logits, y_b, features if loss_fn.needs_features else None)
-        loss = per_sample.mean()
+        loss = loss_fn(logits, y_a, features if loss_fn.needs_features else None, y_b, lam)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
