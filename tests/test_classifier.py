@@ -2,6 +2,7 @@
 import copy
 import importlib
 import json
+import math
 
 import numpy as np
 import pytest
@@ -9,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from ltpipe.classifier import STAGE2, Stage2Data, fit_stage2
+from ltpipe.classifier.base import plain_copy
 from ltpipe.classifier.bbn import BBNHead, CumulativeLearning, bbn_alpha
+from ltpipe.classifier.tau_norm import tau_normalized
 from ltpipe.models.heads import LinearHead, load_head, save_head
 from ltpipe.classifier.lws import ScaledLogits
 from ltpipe.errors import ConfigError
@@ -32,7 +35,7 @@ def clusters(counts, generator, spread=0.3):
 def base_head(kind: str, generator) -> LinearHead:
     """A stage-1-like head: class norms decreasing with frequency (the long-tail bias tau-norm undoes)."""
     if kind == "cosine":
-        head = LinearHead(D, C, bias=False, normalize_weight=True, scale=2.0)
+        head = LinearHead(D, C, bias=False, normalize_input=True, normalize_weight=True, scale=2.0)
     else:
         head = LinearHead(D, C, bias=True, normalize_input=kind == "centred", center_input=kind == "centred")
         head.bias.data = torch.randn(C, generator=generator)
@@ -189,12 +192,44 @@ def test_crt_keeps_base_head_and_learns_separable_data():
     assert (head(data.val_features).argmax(1) == data.val_labels).float().mean() == 1.0
 
 
-def test_crt_with_a_cosine_loss_gets_a_cosine_head():
-    loss = build_loss("ldam", COUNTS)
-    if not loss.needs_normed_classifier:
-        pytest.skip("ldam does not ask for a cosine classifier")
+def normed_linear(x, weight_in_out):
+    """LDAM-DRW models/resnet_cifar.py NormedLinear.forward (its weight is (in_features, out_features))."""
+    return F.normalize(x, dim=1).mm(F.normalize(weight_in_out, dim=0))
+
+
+def test_crt_with_a_cosine_loss_gets_ldams_normed_linear():
+    assert build_loss("ldam", COUNTS).needs_normed_classifier
     head, _ = fit_stage2("crt", make_data(), loss="ldam", **FAST)
-    assert head.normalize_weight and head.bias is None
+    assert head.bias is None
+    x = make_data().val_features
+    torch.testing.assert_close(head(x), normed_linear(x, head.weight.detach().T))
+    torch.testing.assert_close(head(0.1 * x), head(x))
+
+
+def _no_fit(*args, **kwargs):
+    return []
+
+
+def test_crt_starts_from_the_losss_initial_head(monkeypatch):
+    monkeypatch.setattr(importlib.import_module("ltpipe.classifier.crt"), "fit", _no_fit)
+    sigmoid, _ = fit_stage2("crt", make_data(), loss="cb_focal")
+    torch.testing.assert_close(sigmoid.bias.detach(), torch.full((C,), -math.log(C - 1)))  # CB's prior 1/C
+    cosine, _ = fit_stage2("crt", make_data(), loss="ldam")
+    torch.testing.assert_close(cosine.weight.detach().norm(dim=1), torch.ones(C))  # NormedLinear's unit init
+
+
+@pytest.mark.parametrize("derive", [
+    lambda b: tau_normalized(b, 0.0), lambda b: tau_normalized(b, 1.0), lambda b: ScaledLogits(b).fold(), plain_copy,
+    lambda b: fit_stage2("none", make_data("cosine"))[0],
+])
+def test_heads_derived_from_a_cosine_head_keep_its_logits(derive):
+    data = make_data("cosine")
+    base, x = data.base_head, data.val_features
+    expected = 2.0 * normed_linear(x, base.weight.detach().T)  # the fixture's scale 2
+    torch.testing.assert_close(base(x), expected)
+    derived = derive(base)
+    torch.testing.assert_close(derived(x), expected)
+    torch.testing.assert_close(derived(3.0 * x), expected)  # still normalises its input
 
 
 # ---------------------------------------------------------------- BBN

@@ -1,5 +1,6 @@
 """Stage 1 without DVC: determinism, resume after an interruption, and bad input failing before training."""
 import copy
+import math
 
 import pytest
 import torch
@@ -126,6 +127,30 @@ def test_bad_loss_value_fails_before_any_output(params, prepared, tmp_path):
     with pytest.raises(ConfigError, match="gamma"):
         train(bad, prepared, tmp_path, "bad")
     assert not any(tmp_path.iterdir()), "nothing written"
+
+
+class _Built(Exception):
+    pass
+
+
+@pytest.mark.parametrize("loss", ["ldam", "cb_focal", "ce"])
+def test_stage1_builds_the_classifier_the_loss_needs(params, prepared, tmp_path, monkeypatch, loss):
+    def capture(model, *rest):
+        raise _Built(model)
+
+    monkeypatch.setattr(stage1, "_train_one_epoch", capture)
+    chosen = copy.deepcopy(params)
+    chosen["loss"] = loss
+    with pytest.raises(_Built) as built:
+        train(chosen, prepared, tmp_path, loss)
+    head = built.value.args[0].head
+    num_classes = head.weight.shape[0]
+    if loss == "ldam":  # LDAM's NormedLinear: cosine logits, no bias
+        assert head.normalize_input and head.normalize_weight and head.bias is None
+    elif loss == "cb_focal":  # the class-balanced sigmoid loss starts every class at the prior 1/C
+        torch.testing.assert_close(head.bias.detach(), torch.full((num_classes,), -math.log(num_classes - 1)))
+    else:
+        assert not head.normalize_input and not head.normalize_weight and head.bias is not None
 
 
 def test_stage1_hands_the_mixed_batch_to_the_loss(params, prepared, monkeypatch):

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from ltpipe.checks import check_int
-from ltpipe.classifier.base import STAGE2, Stage2Data, build_module, init_linear_, seeded_generator
-from ltpipe.models.heads import HEADS
+from ltpipe.classifier.base import STAGE2, Stage2Data, build_module, seeded_generator
+from ltpipe.models.heads import HEADS, init_linear_
 from ltpipe.classifier.train import Batch, Recipe, fit, sampler_and_loss
 from ltpipe.losses import LTLoss
 from ltpipe.samplers import build_sampler

@@ -54,7 +54,7 @@ def train_backbone(params: Dict[str, Any], prepared_dir, out_dir, live_dir, chec
 
     torch.manual_seed(seed)
     model = Classifier(params["model"]["backbone"], num_classes, int(prepared.info["channels"]),
-                       normalize_weight=loss_fn.needs_normed_classifier)
+                       cosine=loss_fn.needs_normed_classifier, initial_bias=loss_fn.initial_bias)
     if loader_kw["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     epochs = int(cfg["epochs"])
