@@ -17,6 +17,7 @@ from ltpipe.models.heads import LinearHead, load_head, save_head
 from ltpipe.classifier.lws import ScaledLogits
 from ltpipe.errors import ConfigError
 from ltpipe.losses import build_loss
+from ltpipe.stage2 import weight_norms
 
 COUNTS = [100, 50, 30, 20]
 C, D, VAL_PER_CLASS = len(COUNTS), 8, 10
@@ -235,36 +236,67 @@ def test_heads_derived_from_a_cosine_head_keep_its_logits(derive):
 # ---------------------------------------------------------------- BBN
 
 
-def test_bbn_alpha_schedule():
-    assert bbn_alpha(0, 10) == 1.0
-    assert bbn_alpha(5, 10) == pytest.approx(0.75)
-    assert bbn_alpha(10, 10) == 0.0
+def reference_alpha(epoch_1based, max_epoch):
+    """Megvii-Nanjing/BBN lib/core/combiner.py: div_epoch and the parabolic decay of bbn_mix."""
+    div_epoch = 100 * (max_epoch // 100 + 1) if max_epoch in [90, 180] else max_epoch
+    return 1 - ((epoch_1based - 1) / div_epoch) ** 2
+
+
+@pytest.mark.parametrize("total", [2, 10, 90, 180, 200])
+def test_bbn_alpha_is_the_official_parabolic_decay(total):
+    # fit counts epochs from 0; the official train.py from 1
+    assert [bbn_alpha(t, total) for t in range(total)] == pytest.approx(
+        [reference_alpha(e, total) for e in range(1, total + 1)])
+    assert bbn_alpha(0, total) == 1.0 and bbn_alpha(total - 1, total) > 0
     _, info = fit_stage2("bbn", make_data(), **FAST)
-    assert info["alpha"] == [1 - (t / 2) ** 2 for t in range(2)]
+    assert info["alpha"] == [reference_alpha(e, 2) for e in (1, 2)]
 
 
-def test_bbn_head_infers_with_equal_branch_weights():
-    head, _ = fit_stage2("bbn", make_data(), hidden=5, **FAST)
-    assert head.kwargs == dict(in_features=D, num_classes=C, hidden=5)
+def test_bbn_infers_with_both_branches_at_weight_one():
+    head, _ = fit_stage2("bbn", make_data(), **FAST)
+    assert head.kwargs == dict(in_features=D, num_classes=C)
     x = make_data().val_features
-    conv, reb, cls = head.conventional[0], head.rebalancing[0], head.classifier
-    f_c = torch.relu(x @ conv.weight.T + conv.bias)
-    f_r = torch.relu(x @ reb.weight.T + reb.bias)
-    expected = torch.cat([0.5 * f_c, 0.5 * f_r], 1) @ cls.weight.T + cls.bias
+    # the official network at test time: feature = cat(f_cb(x), f_rb(x)), output = fc(feature); here f_cb = f_rb = id
+    W, b = head.classifier.weight.detach(), head.classifier.bias.detach()
+    expected = torch.cat([x, x], dim=1) @ W.T + b
     torch.testing.assert_close(head(x), expected)
+    torch.testing.assert_close(head(x), x @ W[:, :D].T + x @ W[:, D:].T + b)
+    torch.testing.assert_close(weight_norms(head), (W[:, :D] + W[:, D:]).norm(dim=1))
 
 
-def test_bbn_cumulative_loss_matches_its_formula():
+def test_bbn_cumulative_loss_is_the_official_bbn_mix():
     g = torch.Generator().manual_seed(0)
-    head = BBNHead(D, C, 6)
+    head = BBNHead(D, C)
     objective = CumulativeLearning(head, build_loss("ce", COUNTS))
     objective.set_epoch(3, 4)
-    alpha = 1 - (3 / 4) ** 2
+    l = reference_alpha(4, 4)
     x_c, x_r = torch.randn(7, D, generator=g), torch.randn(7, D, generator=g)
     y_c, y_r = torch.randint(0, C, (7,), generator=g), torch.randint(0, C, (7,), generator=g)
-    out = head.classifier(torch.cat([alpha * head.conventional(x_c), (1 - alpha) * head.rebalancing(x_r)], 1))
-    expected = alpha * F.cross_entropy(out, y_c) + (1 - alpha) * F.cross_entropy(out, y_r)
+    output = head.classifier(2 * torch.cat((l * x_c, (1 - l) * x_r), dim=1))
+    expected = l * F.cross_entropy(output, y_c) + (1 - l) * F.cross_entropy(output, y_r)
     torch.testing.assert_close(objective([(x_c, y_c), (x_r, y_r)]), expected)
+
+
+def test_bbn_does_not_collapse_onto_one_class():
+    # overlapping clusters, imbalance 50: each branch alone would favour its sampler's classes
+    g = torch.Generator().manual_seed(7)
+    counts = [500, 150, 40, 10]
+    train_x, train_y = clusters(counts, g, spread=1.5)
+    val_x, val_y = clusters([100] * C, g, spread=1.5)
+    data = Stage2Data(train_features=train_x, train_labels=train_y, val_features=val_x, val_labels=val_y,
+                      class_counts=counts, base_head=base_head("plain", g), seed=0)
+    head, _ = fit_stage2("bbn", data, progress=False)
+    pred = head(val_x).argmax(1)
+    shares = torch.bincount(pred, minlength=C).double() / len(pred)
+    recalls = torch.stack([(pred[val_y == c] == c).double().mean() for c in range(C)])
+    assert shares.max() < 0.45 and recalls.min() > 0.4, (shares, recalls)
+    assert (pred == val_y).double().mean() > 0.7
+
+
+def test_bbn_refuses_a_loss_that_needs_a_cosine_classifier(monkeypatch):
+    monkeypatch.setattr(importlib.import_module("ltpipe.classifier.bbn"), "fit", _no_training)
+    with pytest.raises(ConfigError, match="cosine classifier"):
+        fit_stage2("bbn", make_data(), loss="ldam")
 
 
 # ---------------------------------------------------------------- weight balancing
@@ -360,8 +392,6 @@ def test_unknown_loss_fails_before_training(method, monkeypatch):
 def test_method_specific_bad_values():
     with pytest.raises(ConfigError, match="max_norm"):
         fit_stage2("weight_balancing", make_data(), max_norm=-1.0)
-    with pytest.raises(ConfigError, match="hidden must be an integer >= 1"):
-        fit_stage2("bbn", make_data(), hidden=0)
     with pytest.raises(ConfigError, match="sampler_params must be a mapping"):
         fit_stage2("crt", make_data(), sampler_params=[1, 2])
 
