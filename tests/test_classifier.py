@@ -1,6 +1,7 @@
 """Stage-2 methods on tiny synthetic features: each checked against its formula or a known equivalence."""
 import copy
 import importlib
+import inspect
 import json
 import math
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from ltpipe.classifier import STAGE2, Stage2Data, fit_stage2
 from ltpipe.classifier.base import plain_copy
@@ -17,7 +19,9 @@ from ltpipe.models.heads import LinearHead, load_head, save_head
 from ltpipe.classifier.lws import ScaledLogits
 from ltpipe.errors import ConfigError
 from ltpipe.losses import build_loss
+from ltpipe.samplers import ClassAwareSampler
 from ltpipe.stage2 import weight_norms
+from conftest import ROOT
 
 COUNTS = [100, 50, 30, 20]
 C, D, VAL_PER_CLASS = len(COUNTS), 8, 10
@@ -299,6 +303,33 @@ def test_bbn_refuses_a_loss_that_needs_a_cosine_classifier(monkeypatch):
         fit_stage2("bbn", make_data(), loss="ldam")
 
 
+# ---------------------------------------------------------------- MiSLAS
+
+
+def test_mislas_trains_the_classifier_and_scales_as_the_reference_cifar10_config(monkeypatch):
+    seen = {}
+
+    def capture(params, data, samplers, objective, recipe, **kwargs):
+        seen.update(params=params, samplers=samplers, loss_fn=objective.loss_fn, recipe=recipe)
+        return []
+
+    monkeypatch.setattr(importlib.import_module("ltpipe.classifier.mislas"), "fit", capture)
+    fit_stage2("mislas", make_data())
+    # config/cifar10/cifar10_imb001_stage2_mislas.yaml: smooth_head 0.3, smooth_tail 0.0, lr_factor 0.5, lr 0.1,
+    # batch 128, weight decay 2e-4, 10 epochs; optimizer groups [classifier at lr_factor * lr, lws at lr]
+    classifier, scales = seen["params"]
+    assert classifier["lr"] == pytest.approx(0.05) and len(classifier["params"]) == 2  # W and b
+    assert "lr" not in scales and scales["params"][0].shape == (C,)
+    r = seen["recipe"]
+    assert (r.lr, r.batch_size, r.weight_decay, r.epochs, r.momentum) == (0.1, 128, 2e-4, 10, 0.9)
+    (sampler,) = seen["samplers"]
+    assert isinstance(sampler, ClassAwareSampler) and sampler.samples_per_class == 4
+    # methods.py LabelAwareSmoothing, concave: smooth_tail + (smooth_head - smooth_tail) * sin((n - n_K) pi / (2 (n_1 - n_K)))
+    n = np.array(COUNTS, dtype=float)
+    reference = 0.0 + (0.3 - 0.0) * np.sin((n - n.min()) * np.pi / (2 * (n.max() - n.min())))
+    torch.testing.assert_close(seen["loss_fn"].smoothing, torch.tensor(reference, dtype=torch.float32))
+
+
 # ---------------------------------------------------------------- weight balancing
 
 
@@ -312,6 +343,26 @@ def test_weight_balancing_projects_norms_below_the_threshold():
     assert (final <= threshold + 1e-6).all()
     loose, _ = fit_stage2("weight_balancing", data, max_norm=1.0, **FAST)
     assert loose.weight.detach().norm(dim=1).max() > threshold, "without the tight threshold the norms stay large"
+
+
+def test_weight_balancing_projects_once_per_epoch_with_the_reference_loss(monkeypatch):
+    # LTR-weight-balancing utils/trainval.py calls pgdFunc.PGD(model) after each training epoch, not each step;
+    # demo2 trains with CB_loss(..., "softmax", 0.9999), i.e. cb_softmax_bce
+    module = importlib.import_module("ltpipe.classifier.weight_balancing")
+    real_fit, seen = module.fit, {"projections": 0}
+
+    def counting_fit(params, data, samplers, objective, recipe, *, project, **kwargs):
+        seen["loss_fn"] = objective.loss_fn
+
+        def counted():
+            seen["projections"] += 1
+            project()
+        return real_fit(params, data, samplers, objective, recipe, project=counted, **kwargs)
+
+    monkeypatch.setattr(module, "fit", counting_fit)
+    fit_stage2("weight_balancing", make_data(), epochs=3, progress=False)  # 200 samples, batch 64: 4 steps per epoch
+    assert seen["projections"] == 3
+    assert type(seen["loss_fn"]) is type(build_loss("cb_softmax_bce", COUNTS))
 
 
 # ---------------------------------------------------------------- every method
@@ -387,6 +438,17 @@ def test_unknown_loss_fails_before_training(method, monkeypatch):
     monkeypatch.setattr(importlib.import_module(f"ltpipe.classifier.{method}"), "fit", _no_training)
     with pytest.raises(ConfigError, match="unknown loss 'cee'.*ce"):
         fit_stage2(method, make_data(), loss="cee")
+
+
+def test_params_yaml_holds_every_stage2_default():
+    blocks = yaml.safe_load((ROOT / "params.yaml").read_text())["stage2"]
+    for method in STAGE2.names():
+        defaults = {k: p.default for k, p in inspect.signature(STAGE2.get(method)).parameters.items()
+                    if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        for key, value in blocks[method].items():
+            assert key in defaults, (method, key)
+            assert value == defaults[key] or (key.endswith("_params") and value == {} and defaults[key] is None), \
+                (method, key, value, defaults[key])
 
 
 def test_method_specific_bad_values():

@@ -74,8 +74,8 @@ def fit(params, data: Stage2Data, samplers: Sequence[Sampler], objective, recipe
     """Train `params` (tensors or param groups) for recipe.epochs; returns the mean training loss of each epoch.
 
     Each step takes one batch from every sampler's epoch (sampler k seeded with data.seed + k) and calls
-    `objective(batches)`; `objective.set_epoch` runs at every epoch start and `project` (e.g. MaxNorm) after every
-    optimiser step, without gradients.
+    `objective(batches)`; `objective.set_epoch` runs at every epoch start and `project` (e.g. MaxNorm) at every
+    epoch end, without gradients.
     """
     n = data.train_labels.numel()
     steps = math.ceil(n / recipe.batch_size)
@@ -96,9 +96,9 @@ def fit(params, data: Stage2Data, samplers: Sequence[Sampler], objective, recipe
             loss.backward()
             optimizer.step()
             scheduler.step()
-            if project is not None:
-                with torch.no_grad():
-                    project()
             total += loss.item() * len(chunks[0])
+        if project is not None:
+            with torch.no_grad():
+                project()
         curve.append(total / n)
     return curve
