@@ -1,9 +1,13 @@
-"""Long-tailed classification losses: per-sample values (no reduction), selected by name from params.yaml.
+"""Long-tailed classification losses, selected by name from params.yaml; each owns the reduction of its batch.
 
 Every loss is an `LTLoss`: softmax cross-entropy on `adjust(logits)` unless it overrides `per_sample`, optionally
-multiplied by a per-class weight w_y that deferred re-weighting (DRW) switches on at `drw_epoch`. Callers take
-`.mean()`; mixup callers combine lam * L(y_a) + (1 - lam) * L(y_b). Batch-level losses (LADE, GML) split their batch
-term over the samples so that `.mean()` equals the paper's loss.
+with a per-class weight w_y that deferred re-weighting (DRW) switches on at `drw_epoch`. Calling the loss returns the
+scalar batch loss the reference code minimises: sum_i w_{y_i} l_i / sum_i w_{y_i} (PyTorch's
+`F.cross_entropy(weight=w)`, the LDAM-DRW code) or, for the one-vs-all losses, sum_i w_{y_i} l_i / N. A mixed batch
+(y_a, y_b, per-sample lam) gives each target its own normalisation, sum_i lam_i w_{a_i} l_{a_i} / sum_i w_{a_i} +
+sum_i (1 - lam_i) w_{b_i} l_{b_i} / sum_i w_{b_i}: the mixup criterion lam L(y_a) + (1 - lam) L(y_b) for a scalar
+lam, and the plain mean without weights. Batch-level losses (LADE, GML) split their batch term over the samples so
+that the unweighted mean equals the paper's loss.
 
 Classes with no training image (count 0) are allowed and give well-defined values: their prior is clamped
 (`ltpipe.priors.log_prior`), their class-balanced weight is 0 and their margin / smoothing is finite. They can never be
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Sequence
+from typing import Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +27,10 @@ from ltpipe.checks import check_choice, check_int, check_real
 from ltpipe.errors import ConfigError
 from ltpipe.priors import class_prior, log_prior
 from ltpipe.registry import Registry
+from ltpipe.types import Bool, NonNegFloat, NonNegInt, OpenUnitFloat, PosFloat, UnitFloat
 
 LOSSES = Registry("loss", fixed=("class_counts",))
+LossName = LOSSES.name_type()
 
 
 # ----------------------------------------------------------------------------------------------- input validation
@@ -48,19 +54,31 @@ def _check_drw_epoch(drw_epoch) -> int | None:
     return check_int("drw_epoch (null: weights from the start)", drw_epoch, 0, allow_none=True)
 
 
-def _check_batch(logits, target, features, num_classes: int, needs_features: bool) -> None:
+def _check_target(what: str, target, n: int) -> None:
+    if not isinstance(target, torch.Tensor) or target.shape != (n,) or target.is_floating_point() \
+            or target.is_complex() or target.dtype == torch.bool:
+        shape = tuple(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__
+        raise ConfigError(f"{what} must be an integer ({n},) tensor of class indices, got {shape}")
+
+
+def _check_batch(logits, target, features, num_classes: int, needs_features: bool, target_b, lam) -> None:
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[1] != num_classes \
             or not logits.is_floating_point():
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ConfigError(f"logits must be a floating (N, {num_classes}) tensor, got {shape}")
-    if not isinstance(target, torch.Tensor) or target.shape != logits.shape[:1] or target.is_floating_point() \
-            or target.is_complex() or target.dtype == torch.bool:
-        shape = tuple(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__
-        raise ConfigError(f"target must be an integer ({logits.shape[0]},) tensor of class indices, got {shape}")
+    n = logits.shape[0]
+    _check_target("target", target, n)
+    if (target_b is None) != (lam is None):
+        raise ConfigError("a mixed batch needs both target_b and lam (or neither)")
+    if target_b is not None:
+        _check_target("target_b", target_b, n)
+        if not isinstance(lam, torch.Tensor) or lam.shape != (n,) or not lam.is_floating_point():
+            shape = tuple(lam.shape) if isinstance(lam, torch.Tensor) else type(lam).__name__
+            raise ConfigError(f"lam must be a floating ({n},) tensor of the weights of target, got {shape}")
     if needs_features and (not isinstance(features, torch.Tensor) or features.dim() != 2
-                           or features.shape[0] != logits.shape[0]):
+                           or features.shape[0] != n):
         shape = tuple(features.shape) if isinstance(features, torch.Tensor) else features
-        raise ConfigError(f"this loss needs the (N={logits.shape[0]}, D) features of the batch, got {shape}")
+        raise ConfigError(f"this loss needs the (N={n}, D) features of the batch, got {shape}")
 
 
 # ------------------------------------------------------------------------------------------------ per-class terms
@@ -134,14 +152,18 @@ def feature_balance_strengths(class_counts: Sequence[int]) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------------ the losses
 class LTLoss(nn.Module):
-    """Softmax cross-entropy on `adjust(logits)`, per sample: l_i = w_{y_i} * -log softmax(adjust(z_i))_{y_i}.
+    """Softmax cross-entropy on `adjust(logits)`: l_i = -log softmax(adjust(z_i))_{y_i}, batch loss
+    sum_i w_{y_i} l_i / sum_i w_{y_i} (`F.cross_entropy(adjust(z), y, weight=w)`).
 
     `class_weights` (C,) are the w_j; with `drw_epoch` set they apply only from that epoch on (deferred re-weighting,
     Cao et al., NeurIPS 2019), before it every w_j = 1. A loss never told the epoch (`set_epoch`) is at epoch 0.
     """
 
-    needs_normed_classifier: bool = False  # True: stage 1 builds a cosine classifier (logits are cosines)
-    needs_features: bool = False  # True: forward uses the penultimate features
+    needs_normed_classifier: bool = False  # True: the classifier is cosine (LDAM's NormedLinear), logits are cosines
+    needs_features: bool = False  # True: per_sample uses the penultimate features
+    initial_bias: Optional[float] = None  # the constant the classifier's bias starts at; None: the head's own init
+    # True: a weighted batch is normalised by its weight sum (F.cross_entropy(weight=)); False: by the batch size
+    normalize_by_weights: bool = True
 
     def __init__(self, class_counts: Sequence[int], *, class_weights: torch.Tensor | None = None,
                  drw_epoch: int | None = None):
@@ -181,21 +203,34 @@ class LTLoss(nn.Module):
 
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor,
                    features: torch.Tensor | None) -> torch.Tensor:
+        """(N,) unweighted losses l_i."""
         return F.cross_entropy(self.adjust(logits, target, features), target, reduction="none")
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor,
-                features: torch.Tensor | None = None) -> torch.Tensor:
-        """(N,) per-sample losses for logits (N, C), integer targets (N,) and, where used, features (N, D)."""
-        _check_batch(logits, target, features, self.num_classes, self.needs_features)
-        target = target.long()
+    def _normalised(self, logits, target, features, share) -> torch.Tensor:
+        """sum_i share_i w_{y_i} l_i over the batch's normaliser (the weight sum or N)."""
         loss = self.per_sample(logits, target, features)
         weights = self.active_class_weights()
-        return loss if weights is None else loss * weights.to(loss)[target]
+        w = torch.ones_like(loss) if weights is None else weights.to(loss)[target]
+        total = (w * loss if share is None else share * w * loss).sum()
+        return total / (w.sum() if self.normalize_by_weights else loss.numel())
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, features: torch.Tensor | None = None,
+                target_b: torch.Tensor | None = None, lam: torch.Tensor | None = None) -> torch.Tensor:
+        """The scalar batch loss for logits (N, C), integer targets (N,) and, where used, features (N, D).
+
+        A mixed batch also gives target_b (N,) and lam (N,), the weight of `target` per sample (see the module doc).
+        """
+        _check_batch(logits, target, features, self.num_classes, self.needs_features, target_b, lam)
+        if target_b is None:
+            return self._normalised(logits, target.long(), features, None)
+        lam = lam.to(logits)
+        return (self._normalised(logits, target.long(), features, lam)
+                + self._normalised(logits, target_b.long(), features, 1 - lam))
 
 
 class FocalLoss(LTLoss):
     """Lin et al., "Focal Loss for Dense Object Detection" (ICCV 2017), softmax form:
-    l = -w_y (1 - p_y)^gamma log p_y."""
+    l = -(1 - p_y)^gamma log p_y, batch loss sum_i w_{y_i} l_i / sum_i w_{y_i}."""
 
     def __init__(self, class_counts: Sequence[int], *, gamma: float = 2.0, class_weights: torch.Tensor | None = None,
                  drw_epoch: int | None = None):
@@ -209,6 +244,52 @@ class FocalLoss(LTLoss):
         # expm1 keeps 1 - p accurate near p = 1; the clamp keeps the gradient of (1 - p)^gamma finite for gamma < 1.
         one_minus_p = (-torch.expm1(log_p)).clamp_min(torch.finfo(log_p.dtype).tiny)
         return -one_minus_p.pow(self.gamma) * log_p
+
+
+class SigmoidFocalLoss(LTLoss):
+    """Lin et al., "Focal Loss for Dense Object Detection" (ICCV 2017), one-vs-all (sigmoid) form as Cui et al.
+    ("Class-Balanced Loss Based on Effective Number of Samples", CVPR 2019) use it:
+    l = sum_j (1 - p_tj)^gamma BCE(z_j, 1[j = y]), p_tj = sigma(z_j) if j = y else 1 - sigma(z_j), batch loss
+    sum_i w_{y_i} l_i / N (their code divides by the number of positive labels, one per sample).
+
+    The classifier's bias starts at -log(C - 1), i.e. every sigmoid at the prior 1/C (their model_base.py).
+    """
+
+    normalize_by_weights = False
+
+    def __init__(self, class_counts: Sequence[int], *, gamma: float = 1.0, class_weights: torch.Tensor | None = None,
+                 drw_epoch: int | None = None):
+        super().__init__(class_counts, class_weights=class_weights, drw_epoch=drw_epoch)
+        self.gamma = check_real("cb_focal: gamma", gamma, low=0.0)
+        if self.num_classes < 2:
+            raise ConfigError("cb_focal is one-vs-all over the classes and needs at least 2 of them")
+
+    @property
+    def initial_bias(self) -> float:
+        return -math.log(self.num_classes - 1)
+
+    def per_sample(self, logits, target, features):
+        positive = F.one_hot(target, self.num_classes).to(logits)
+        loss = F.binary_cross_entropy_with_logits(logits, positive, reduction="none")
+        if self.gamma:
+            # (1 - p_t)^gamma = exp(-gamma (y z + log(1 + e^-z))): finite for any logit, and its gradient for gamma < 1
+            loss = loss * torch.exp(-self.gamma * (positive * logits + F.softplus(-logits)))
+        return loss.sum(1)
+
+
+class SoftmaxBCELoss(LTLoss):
+    """Binary cross-entropy of the softmax probabilities against the one-hot label, averaged over the classes:
+    l = -(1/C) sum_j [1[j = y] log p_j + (1 - 1[j = y]) log(1 - p_j)], batch loss sum_i w_{y_i} l_i / N.
+
+    The "softmax" type of the PyTorch class-balanced loss port (vandit15/Class-balanced-loss-pytorch) that the
+    weight-balancing code (Alshammari et al., CVPR 2022) trains its second stage with.
+    """
+
+    normalize_by_weights = False
+
+    def per_sample(self, logits, target, features):
+        positive = F.one_hot(target, self.num_classes).to(logits)
+        return F.binary_cross_entropy(torch.softmax(logits, dim=1), positive, reduction="none").mean(1)
 
 
 class LogitAdjustedLoss(LTLoss):
@@ -225,7 +306,7 @@ class LogitAdjustedLoss(LTLoss):
 
 class LDAMLoss(LTLoss):
     """Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss" (NeurIPS 2019):
-    l = -w_y log softmax(s (z - m_y 1_y))_y with cosine logits z and m_j proportional to n_j^(-1/4)."""
+    l = -log softmax(s (z - m_y 1_y))_y with cosine logits z = cos(x, w_j) and m_j proportional to n_j^(-1/4)."""
 
     needs_normed_classifier = True
 
@@ -263,7 +344,7 @@ class LADELoss(LogitAdjustedLoss):
         return -(self.prior.to(logits) * estimate).sum()
 
     def per_sample(self, logits, target, features):
-        # Every sample carries the full batch term, so the batch mean is CE.mean() + alpha * L_LADER.
+        # Every sample carries the full batch term, so the unweighted mean is CE.mean() + alpha * L_LADER.
         return super().per_sample(logits, target, features) + self.alpha * self.regulariser(logits, target)
 
 
@@ -347,35 +428,63 @@ def cross_entropy(class_counts: Sequence[int]) -> LTLoss:
 
 
 @LOSSES.register("focal")
-def focal(class_counts: Sequence[int], *, gamma: float = 2.0) -> LTLoss:
-    """Lin et al., "Focal Loss for Dense Object Detection" (ICCV 2017): l = -(1 - p_y)^gamma log p_y."""
+def focal(class_counts: Sequence[int], *, gamma: NonNegFloat = 2.0) -> LTLoss:
+    """Lin et al., "Focal Loss for Dense Object Detection" (ICCV 2017), softmax form: l = -(1 - p_y)^gamma log p_y."""
     return FocalLoss(class_counts, gamma=gamma)
 
 
 @LOSSES.register("cb_ce")
-def cb_ce(class_counts: Sequence[int], *, beta: float = 0.9999, drw_epoch: int | None = None) -> LTLoss:
-    """Cui et al., "Class-Balanced Loss Based on Effective Number of Samples" (CVPR 2019):
-    l = -w_y log p_y, w_j = (1 - beta) / (1 - beta^n_j) normalised to sum C; DRW from `drw_epoch` when set."""
+def cb_ce(class_counts: Sequence[int], *, beta: OpenUnitFloat = 0.9999,
+          drw_epoch: Optional[NonNegInt] = None) -> LTLoss:
+    """Cui et al., "Class-Balanced Loss Based on Effective Number of Samples" (CVPR 2019), softmax form:
+    L = sum_i w_{y_i} CE(z_i, y_i) / sum_i w_{y_i}, w_j = (1 - beta) / (1 - beta^n_j) normalised to sum C.
+
+    With drw_epoch set the weights apply from that epoch on (CE-DRW of the LDAM-DRW paper). The batch is normalised
+    as `F.cross_entropy(weight=w)` (the LDAM-DRW code); the CB authors' TensorFlow code divides by N instead.
+    """
     return LTLoss(class_counts, class_weights=class_balanced_weights(class_counts, beta), drw_epoch=drw_epoch)
 
 
 @LOSSES.register("cb_focal")
-def cb_focal(class_counts: Sequence[int], *, beta: float = 0.9999, gamma: float = 2.0,
-             drw_epoch: int | None = None) -> LTLoss:
-    """Cui et al., "Class-Balanced Loss Based on Effective Number of Samples" (CVPR 2019) on the focal loss:
-    l = -w_y (1 - p_y)^gamma log p_y, w_j = (1 - beta) / (1 - beta^n_j) normalised to sum C; DRW when set."""
+def cb_focal(class_counts: Sequence[int], *, beta: OpenUnitFloat = 0.9999, gamma: NonNegFloat = 1.0,
+             drw_epoch: Optional[NonNegInt] = None) -> LTLoss:
+    """Cui et al., "Class-Balanced Loss Based on Effective Number of Samples" (CVPR 2019), the paper's class-balanced
+    (sigmoid) focal loss: L = (1/N) sum_i w_{y_i} sum_j (1 - p_tij)^gamma BCE(z_ij, 1[j = y_i]), w_j as in cb_ce.
+
+    The classifier bias starts at -log(C - 1); predictions stay argmax_j z_j. gamma 1.0 is the value of the authors'
+    CIFAR script (their ImageNet / iNaturalist runs use beta 0.999, gamma 0.5). DRW from drw_epoch when set.
+    """
+    return SigmoidFocalLoss(class_counts, gamma=gamma, class_weights=class_balanced_weights(class_counts, beta),
+                            drw_epoch=drw_epoch)
+
+
+@LOSSES.register("cb_focal_softmax")
+def cb_focal_softmax(class_counts: Sequence[int], *, beta: OpenUnitFloat = 0.9999, gamma: NonNegFloat = 2.0,
+                     drw_epoch: Optional[NonNegInt] = None) -> LTLoss:
+    """Class-balanced weights (Cui et al., CVPR 2019) on the softmax focal loss (Lin et al., ICCV 2017), not the
+    paper's sigmoid form: L = sum_i w_{y_i} (1 - p_{y_i})^gamma (-log p_{y_i}) / sum_i w_{y_i}; DRW when set."""
     return FocalLoss(class_counts, gamma=gamma, class_weights=class_balanced_weights(class_counts, beta),
                      drw_epoch=drw_epoch)
+
+
+@LOSSES.register("cb_softmax_bce")
+def cb_softmax_bce(class_counts: Sequence[int], *, beta: OpenUnitFloat = 0.9999,
+                   drw_epoch: Optional[NonNegInt] = None) -> LTLoss:
+    """The class-balanced "softmax" loss of the PyTorch CB port that weight balancing (Alshammari et al., CVPR 2022)
+    uses in stage 2: L = (1/N) sum_i w_{y_i} mean_j BCE(softmax(z_i)_j, 1[j = y_i]), w_j as in cb_ce."""
+    return SoftmaxBCELoss(class_counts, class_weights=class_balanced_weights(class_counts, beta), drw_epoch=drw_epoch)
 
 
 LDAM_REWEIGHTS = ("none", "cb")
 
 
 @LOSSES.register("ldam")
-def ldam(class_counts: Sequence[int], *, max_m: float = 0.5, s: float = 30.0, reweight: str = "none",
-         beta: float = 0.9999, drw_epoch: int | None = None) -> LTLoss:
+def ldam(class_counts: Sequence[int], *, max_m: NonNegFloat = 0.5, s: PosFloat = 30.0,
+         reweight: Literal["none", "cb"] = "none", beta: OpenUnitFloat = 0.9999,
+         drw_epoch: Optional[NonNegInt] = None) -> LTLoss:
     """Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss" (NeurIPS 2019):
-    l = -w_y log softmax(s (z - m_y 1_y))_y, m_j proportional to n_j^(-1/4), max_j m_j = max_m.
+    L = sum_i w_{y_i} CE(s (z_i - m_{y_i} 1_{y_i}), y_i) / sum_i w_{y_i} on cosine logits z (NormedLinear),
+    m_j proportional to n_j^(-1/4), max_j m_j = max_m.
 
     reweight="cb" uses the class-balanced weights (beta); with drw_epoch set this is LDAM-DRW.
     """
@@ -394,13 +503,13 @@ def balanced_softmax(class_counts: Sequence[int]) -> LTLoss:
 
 
 @LOSSES.register("logit_adjust")
-def logit_adjust(class_counts: Sequence[int], *, tau: float = 1.0) -> LTLoss:
+def logit_adjust(class_counts: Sequence[int], *, tau: NonNegFloat = 1.0) -> LTLoss:
     """Menon et al., "Long-tail learning via logit adjustment" (ICLR 2021): l = CE(z + tau log pi, y)."""
     return LogitAdjustedLoss(class_counts, tau=tau)
 
 
 @LOSSES.register("lade")
-def lade(class_counts: Sequence[int], *, alpha: float = 0.1, remine_lambda: float = 0.1) -> LTLoss:
+def lade(class_counts: Sequence[int], *, alpha: NonNegFloat = 0.1, remine_lambda: NonNegFloat = 0.1) -> LTLoss:
     """Hong et al., "Disentangling Label Distribution for Long-tailed Visual Recognition" (CVPR 2021):
     L = CE(z + log pi, y) + alpha * L_LADER (ReMINE regulariser with weight remine_lambda)."""
     return LADELoss(class_counts, alpha=alpha, remine_lambda=remine_lambda)
@@ -414,15 +523,15 @@ def gml(class_counts: Sequence[int]) -> LTLoss:
 
 
 @LOSSES.register("feabal")
-def feabal(class_counts: Sequence[int], *, lam: float = 60.0, curriculum: bool = True) -> LTLoss:
+def feabal(class_counts: Sequence[int], *, lam: NonNegFloat = 60.0, curriculum: Bool = True) -> LTLoss:
     """Li et al., "Feature-Balanced Loss for Long-Tailed Visual Recognition" (ICME 2022):
     l = CE(z - lam (epoch/T)^2 a / ||f||, y), a_j = (log n_max - log n_j) / (log n_max - log n_min)."""
     return FeatureBalancedLoss(class_counts, lam=lam, curriculum=curriculum)
 
 
 @LOSSES.register("las")
-def las(class_counts: Sequence[int], *, eps_head: float = 0.4, eps_tail: float = 0.1, shape: str = "concave",
-        power: float = 2.0) -> LTLoss:
+def las(class_counts: Sequence[int], *, eps_head: UnitFloat = 0.4, eps_tail: UnitFloat = 0.1,
+        shape: Literal["concave", "linear", "convex", "exp"] = "concave", power: PosFloat = 2.0) -> LTLoss:
     """Zhong et al., "Improving Calibration for Long-Tailed Recognition" (MiSLAS, CVPR 2021), label-aware smoothing:
     l = -(1 - eps_y) log p_y - eps_y mean_j log p_j, eps_j from eps_tail (rarest) to eps_head (most frequent)."""
     return LabelAwareSmoothing(class_counts, eps_head=eps_head, eps_tail=eps_tail, shape=shape, power=power)

@@ -17,7 +17,7 @@ from ltpipe.errors import ConfigError
 from ltpipe.validation import format_validation_error, nested_error
 
 # Frozen, closed blocks: an unknown keyword is an error, never silently ignored.
-BLOCK_CONFIG = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+BLOCK_CONFIG = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True, validate_default=True)
 
 
 class RegistryRef:

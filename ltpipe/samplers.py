@@ -15,6 +15,7 @@ from ltpipe.registry import Registry
 from ltpipe.types import Float, PosInt
 
 SAMPLERS = Registry("sampler", fixed=("labels", "num_classes"))
+SamplerName = SAMPLERS.name_type()
 
 # Large prime multiplier: (seed, epoch) pairs map to distinct generator seeds for any realistic epoch count.
 _SEED_STRIDE = 1_000_003

@@ -17,9 +17,8 @@ from ltpipe.schema import as_params
 
 
 def weight_norms(head: torch.nn.Module) -> torch.Tensor:
-    """Per-class norm of the head's effective weight (heads without one, e.g. BBN's, report their classifier's)."""
-    weight = head.effective_weight() if hasattr(head, "effective_weight") else head.classifier.weight
-    return weight.detach().norm(dim=1)
+    """Per-class norm of the head's effective weight: the W of its inference logits W g(x) + b."""
+    return head.effective_weight().detach().norm(dim=1)
 
 
 def retrain_classifier(params, prepared_dir, model_dir, features_dir, out_dir) -> None:

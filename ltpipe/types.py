@@ -8,7 +8,7 @@ Integers are strict (3.7, 3.0, "3" and true are errors, never silently 3); float
 """
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Dict
 
 from pydantic import AfterValidator, BeforeValidator, Field, Strict
 
@@ -37,3 +37,5 @@ def _sorted_unique(values: list) -> list:
 
 
 Milestones = Annotated[list[PosInt], AfterValidator(_sorted_unique)]
+# The keyword-argument block of a method named beside it (`loss_params` next to `loss`); null means {}.
+KwargsBlock = Annotated[Dict[str, Any], BeforeValidator(lambda value: {} if value is None else value)]

@@ -1,19 +1,27 @@
 """Stage-2 methods on tiny synthetic features: each checked against its formula or a known equivalence."""
 import copy
 import importlib
+import inspect
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from ltpipe.classifier import STAGE2, Stage2Data, fit_stage2
+from ltpipe.classifier.base import plain_copy
 from ltpipe.classifier.bbn import BBNHead, CumulativeLearning, bbn_alpha
+from ltpipe.classifier.tau_norm import tau_normalized
 from ltpipe.models.heads import LinearHead, load_head, save_head
 from ltpipe.classifier.lws import ScaledLogits
 from ltpipe.errors import ConfigError
 from ltpipe.losses import build_loss
+from ltpipe.samplers import ClassAwareSampler
+from ltpipe.stage2 import weight_norms
+from conftest import ROOT
 
 COUNTS = [100, 50, 30, 20]
 C, D, VAL_PER_CLASS = len(COUNTS), 8, 10
@@ -32,7 +40,7 @@ def clusters(counts, generator, spread=0.3):
 def base_head(kind: str, generator) -> LinearHead:
     """A stage-1-like head: class norms decreasing with frequency (the long-tail bias tau-norm undoes)."""
     if kind == "cosine":
-        head = LinearHead(D, C, bias=False, normalize_weight=True, scale=2.0)
+        head = LinearHead(D, C, bias=False, normalize_input=True, normalize_weight=True, scale=2.0)
     else:
         head = LinearHead(D, C, bias=True, normalize_input=kind == "centred", center_input=kind == "centred")
         head.bias.data = torch.randn(C, generator=generator)
@@ -189,47 +197,137 @@ def test_crt_keeps_base_head_and_learns_separable_data():
     assert (head(data.val_features).argmax(1) == data.val_labels).float().mean() == 1.0
 
 
-def test_crt_with_a_cosine_loss_gets_a_cosine_head():
-    loss = build_loss("ldam", COUNTS)
-    if not loss.needs_normed_classifier:
-        pytest.skip("ldam does not ask for a cosine classifier")
+def normed_linear(x, weight_in_out):
+    """LDAM-DRW models/resnet_cifar.py NormedLinear.forward (its weight is (in_features, out_features))."""
+    return F.normalize(x, dim=1).mm(F.normalize(weight_in_out, dim=0))
+
+
+def test_crt_with_a_cosine_loss_gets_ldams_normed_linear():
+    assert build_loss("ldam", COUNTS).needs_normed_classifier
     head, _ = fit_stage2("crt", make_data(), loss="ldam", **FAST)
-    assert head.normalize_weight and head.bias is None
+    assert head.bias is None
+    x = make_data().val_features
+    torch.testing.assert_close(head(x), normed_linear(x, head.weight.detach().T))
+    torch.testing.assert_close(head(0.1 * x), head(x))
+
+
+def _no_fit(*args, **kwargs):
+    return []
+
+
+def test_crt_starts_from_the_losss_initial_head(monkeypatch):
+    monkeypatch.setattr(importlib.import_module("ltpipe.classifier.crt"), "fit", _no_fit)
+    sigmoid, _ = fit_stage2("crt", make_data(), loss="cb_focal")
+    torch.testing.assert_close(sigmoid.bias.detach(), torch.full((C,), -math.log(C - 1)))  # CB's prior 1/C
+    cosine, _ = fit_stage2("crt", make_data(), loss="ldam")
+    torch.testing.assert_close(cosine.weight.detach().norm(dim=1), torch.ones(C))  # NormedLinear's unit init
+
+
+@pytest.mark.parametrize("derive", [
+    lambda b: tau_normalized(b, 0.0), lambda b: tau_normalized(b, 1.0), lambda b: ScaledLogits(b).fold(), plain_copy,
+    lambda b: fit_stage2("none", make_data("cosine"))[0],
+])
+def test_heads_derived_from_a_cosine_head_keep_its_logits(derive):
+    data = make_data("cosine")
+    base, x = data.base_head, data.val_features
+    expected = 2.0 * normed_linear(x, base.weight.detach().T)  # the fixture's scale 2
+    torch.testing.assert_close(base(x), expected)
+    derived = derive(base)
+    torch.testing.assert_close(derived(x), expected)
+    torch.testing.assert_close(derived(3.0 * x), expected)  # still normalises its input
 
 
 # ---------------------------------------------------------------- BBN
 
 
-def test_bbn_alpha_schedule():
-    assert bbn_alpha(0, 10) == 1.0
-    assert bbn_alpha(5, 10) == pytest.approx(0.75)
-    assert bbn_alpha(10, 10) == 0.0
+def reference_alpha(epoch_1based, max_epoch):
+    """Megvii-Nanjing/BBN lib/core/combiner.py: div_epoch and the parabolic decay of bbn_mix."""
+    div_epoch = 100 * (max_epoch // 100 + 1) if max_epoch in [90, 180] else max_epoch
+    return 1 - ((epoch_1based - 1) / div_epoch) ** 2
+
+
+@pytest.mark.parametrize("total", [2, 10, 90, 180, 200])
+def test_bbn_alpha_is_the_official_parabolic_decay(total):
+    # fit counts epochs from 0; the official train.py from 1
+    assert [bbn_alpha(t, total) for t in range(total)] == pytest.approx(
+        [reference_alpha(e, total) for e in range(1, total + 1)])
+    assert bbn_alpha(0, total) == 1.0 and bbn_alpha(total - 1, total) > 0
     _, info = fit_stage2("bbn", make_data(), **FAST)
-    assert info["alpha"] == [1 - (t / 2) ** 2 for t in range(2)]
+    assert info["alpha"] == [reference_alpha(e, 2) for e in (1, 2)]
 
 
-def test_bbn_head_infers_with_equal_branch_weights():
-    head, _ = fit_stage2("bbn", make_data(), hidden=5, **FAST)
-    assert head.kwargs == dict(in_features=D, num_classes=C, hidden=5)
+def test_bbn_infers_with_both_branches_at_weight_one():
+    head, _ = fit_stage2("bbn", make_data(), **FAST)
+    assert head.kwargs == dict(in_features=D, num_classes=C)
     x = make_data().val_features
-    conv, reb, cls = head.conventional[0], head.rebalancing[0], head.classifier
-    f_c = torch.relu(x @ conv.weight.T + conv.bias)
-    f_r = torch.relu(x @ reb.weight.T + reb.bias)
-    expected = torch.cat([0.5 * f_c, 0.5 * f_r], 1) @ cls.weight.T + cls.bias
+    # the official network at test time: feature = cat(f_cb(x), f_rb(x)), output = fc(feature); here f_cb = f_rb = id
+    W, b = head.classifier.weight.detach(), head.classifier.bias.detach()
+    expected = torch.cat([x, x], dim=1) @ W.T + b
     torch.testing.assert_close(head(x), expected)
+    torch.testing.assert_close(head(x), x @ W[:, :D].T + x @ W[:, D:].T + b)
+    torch.testing.assert_close(weight_norms(head), (W[:, :D] + W[:, D:]).norm(dim=1))
 
 
-def test_bbn_cumulative_loss_matches_its_formula():
+def test_bbn_cumulative_loss_is_the_official_bbn_mix():
     g = torch.Generator().manual_seed(0)
-    head = BBNHead(D, C, 6)
+    head = BBNHead(D, C)
     objective = CumulativeLearning(head, build_loss("ce", COUNTS))
     objective.set_epoch(3, 4)
-    alpha = 1 - (3 / 4) ** 2
+    l = reference_alpha(4, 4)
     x_c, x_r = torch.randn(7, D, generator=g), torch.randn(7, D, generator=g)
     y_c, y_r = torch.randint(0, C, (7,), generator=g), torch.randint(0, C, (7,), generator=g)
-    out = head.classifier(torch.cat([alpha * head.conventional(x_c), (1 - alpha) * head.rebalancing(x_r)], 1))
-    expected = alpha * F.cross_entropy(out, y_c) + (1 - alpha) * F.cross_entropy(out, y_r)
+    output = head.classifier(2 * torch.cat((l * x_c, (1 - l) * x_r), dim=1))
+    expected = l * F.cross_entropy(output, y_c) + (1 - l) * F.cross_entropy(output, y_r)
     torch.testing.assert_close(objective([(x_c, y_c), (x_r, y_r)]), expected)
+
+
+def test_bbn_does_not_collapse_onto_one_class():
+    # overlapping clusters, imbalance 50: each branch alone would favour its sampler's classes
+    g = torch.Generator().manual_seed(7)
+    counts = [500, 150, 40, 10]
+    train_x, train_y = clusters(counts, g, spread=1.5)
+    val_x, val_y = clusters([100] * C, g, spread=1.5)
+    data = Stage2Data(train_features=train_x, train_labels=train_y, val_features=val_x, val_labels=val_y,
+                      class_counts=counts, base_head=base_head("plain", g), seed=0)
+    head, _ = fit_stage2("bbn", data, progress=False)
+    pred = head(val_x).argmax(1)
+    shares = torch.bincount(pred, minlength=C).double() / len(pred)
+    recalls = torch.stack([(pred[val_y == c] == c).double().mean() for c in range(C)])
+    assert shares.max() < 0.45 and recalls.min() > 0.4, (shares, recalls)
+    assert (pred == val_y).double().mean() > 0.7
+
+
+def test_bbn_refuses_a_loss_that_needs_a_cosine_classifier(monkeypatch):
+    monkeypatch.setattr(importlib.import_module("ltpipe.classifier.bbn"), "fit", _no_training)
+    with pytest.raises(ConfigError, match="cosine classifier"):
+        fit_stage2("bbn", make_data(), loss="ldam")
+
+
+# ---------------------------------------------------------------- MiSLAS
+
+
+def test_mislas_trains_the_classifier_and_scales_as_the_reference_cifar10_config(monkeypatch):
+    seen = {}
+
+    def capture(params, data, samplers, objective, recipe, **kwargs):
+        seen.update(params=params, samplers=samplers, loss_fn=objective.loss_fn, recipe=recipe)
+        return []
+
+    monkeypatch.setattr(importlib.import_module("ltpipe.classifier.mislas"), "fit", capture)
+    fit_stage2("mislas", make_data())
+    # config/cifar10/cifar10_imb001_stage2_mislas.yaml: smooth_head 0.3, smooth_tail 0.0, lr_factor 0.5, lr 0.1,
+    # batch 128, weight decay 2e-4, 10 epochs; optimizer groups [classifier at lr_factor * lr, lws at lr]
+    classifier, scales = seen["params"]
+    assert classifier["lr"] == pytest.approx(0.05) and len(classifier["params"]) == 2  # W and b
+    assert "lr" not in scales and scales["params"][0].shape == (C,)
+    r = seen["recipe"]
+    assert (r.lr, r.batch_size, r.weight_decay, r.epochs, r.momentum) == (0.1, 128, 2e-4, 10, 0.9)
+    (sampler,) = seen["samplers"]
+    assert isinstance(sampler, ClassAwareSampler) and sampler.samples_per_class == 4
+    # methods.py LabelAwareSmoothing, concave: smooth_tail + (smooth_head - smooth_tail) * sin((n - n_K) pi / (2 (n_1 - n_K)))
+    n = np.array(COUNTS, dtype=float)
+    reference = 0.0 + (0.3 - 0.0) * np.sin((n - n.min()) * np.pi / (2 * (n.max() - n.min())))
+    torch.testing.assert_close(seen["loss_fn"].smoothing, torch.tensor(reference, dtype=torch.float32))
 
 
 # ---------------------------------------------------------------- weight balancing
@@ -245,6 +343,26 @@ def test_weight_balancing_projects_norms_below_the_threshold():
     assert (final <= threshold + 1e-6).all()
     loose, _ = fit_stage2("weight_balancing", data, max_norm=1.0, **FAST)
     assert loose.weight.detach().norm(dim=1).max() > threshold, "without the tight threshold the norms stay large"
+
+
+def test_weight_balancing_projects_once_per_epoch_with_the_reference_loss(monkeypatch):
+    # LTR-weight-balancing utils/trainval.py calls pgdFunc.PGD(model) after each training epoch, not each step;
+    # demo2 trains with CB_loss(..., "softmax", 0.9999), i.e. cb_softmax_bce
+    module = importlib.import_module("ltpipe.classifier.weight_balancing")
+    real_fit, seen = module.fit, {"projections": 0}
+
+    def counting_fit(params, data, samplers, objective, recipe, *, project, **kwargs):
+        seen["loss_fn"] = objective.loss_fn
+
+        def counted():
+            seen["projections"] += 1
+            project()
+        return real_fit(params, data, samplers, objective, recipe, project=counted, **kwargs)
+
+    monkeypatch.setattr(module, "fit", counting_fit)
+    fit_stage2("weight_balancing", make_data(), epochs=3, progress=False)  # 200 samples, batch 64: 4 steps per epoch
+    assert seen["projections"] == 3
+    assert type(seen["loss_fn"]) is type(build_loss("cb_softmax_bce", COUNTS))
 
 
 # ---------------------------------------------------------------- every method
@@ -322,11 +440,20 @@ def test_unknown_loss_fails_before_training(method, monkeypatch):
         fit_stage2(method, make_data(), loss="cee")
 
 
+def test_params_yaml_holds_every_stage2_default():
+    blocks = yaml.safe_load((ROOT / "params.yaml").read_text())["stage2"]
+    for method in STAGE2.names():
+        defaults = {k: p.default for k, p in inspect.signature(STAGE2.get(method)).parameters.items()
+                    if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        for key, value in blocks[method].items():
+            assert key in defaults, (method, key)
+            assert value == defaults[key] or (key.endswith("_params") and value == {} and defaults[key] is None), \
+                (method, key, value, defaults[key])
+
+
 def test_method_specific_bad_values():
     with pytest.raises(ConfigError, match="max_norm"):
         fit_stage2("weight_balancing", make_data(), max_norm=-1.0)
-    with pytest.raises(ConfigError, match="hidden must be an integer >= 1"):
-        fit_stage2("bbn", make_data(), hidden=0)
     with pytest.raises(ConfigError, match="sampler_params must be a mapping"):
         fit_stage2("crt", make_data(), sampler_params=[1, 2])
 

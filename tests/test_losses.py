@@ -1,16 +1,22 @@
+import inspect
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from ltpipe.errors import ConfigError
 from ltpipe.losses import LOSSES, build_loss, class_balanced_weights, ldam_margins, las_smoothing
+from conftest import ROOT
 
 # Long-tailed counts with one empty class (index 5): it is never a target but sits in every softmax.
 COUNTS = [120, 45, 20, 7, 3, 0, 1]
 C = len(COUNTS)
 N = 24
+# every class present: the reference implementations divide by the counts
+FULL = [120, 45, 20, 7, 3, 2, 1]
 
 
 def make_batch(seed=0, n=N, dtype=torch.float32, classes=None):
@@ -23,7 +29,58 @@ def make_batch(seed=0, n=N, dtype=torch.float32, classes=None):
 
 
 def ce(logits, target):
-    return F.cross_entropy(logits, target, reduction="none")
+    return F.cross_entropy(logits, target)
+
+
+def mixed_batch(seed=1):
+    logits, target, features = make_batch(seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    return logits, target, features, target[torch.randperm(N, generator=g)], torch.rand(N, generator=g)
+
+
+# ------------------------------------------------------------- the authors' code, written out with torch ops
+def reference_cb_weights(counts, beta):
+    """LDAM-DRW cifar_train.py (Reweight / DRW) and class-balanced-loss cifar_main.py: per-class weights."""
+    effective_num = 1.0 - np.power(beta, counts)
+    per_cls_weights = (1.0 - beta) / np.array(effective_num)
+    per_cls_weights = per_cls_weights / np.sum(per_cls_weights) * len(counts)
+    return torch.FloatTensor(per_cls_weights)
+
+
+def reference_ldam(x, target, cls_num_list, max_m=0.5, s=30, weight=None):
+    """kaiming LDAM-DRW losses.py LDAMLoss.forward, on the CPU."""
+    m_list = 1.0 / np.sqrt(np.sqrt(cls_num_list))
+    m_list = torch.FloatTensor(m_list * (max_m / np.max(m_list)))
+    index = torch.zeros_like(x, dtype=torch.uint8)
+    index.scatter_(1, target.data.view(-1, 1), 1)
+    batch_m = torch.matmul(m_list[None, :], index.float().transpose(0, 1)).view((-1, 1))
+    output = torch.where(index.bool(), x - batch_m, x)
+    return F.cross_entropy(s * output, target, weight=weight)
+
+
+def reference_cb_focal(labels, logits, samples_per_cls, beta, gamma):
+    """richardaecn class-balanced-loss cifar_main.py: weights tiled per sample, then focal_loss (sigmoid)."""
+    num_classes = logits.shape[1]
+    one_hot = F.one_hot(labels, num_classes).float()
+    alpha = (reference_cb_weights(samples_per_cls, beta)[None, :] * one_hot).sum(1, keepdim=True)
+    alpha = alpha.repeat(1, num_classes)
+    cross_entropy = F.binary_cross_entropy_with_logits(logits, one_hot, reduction="none")
+    modulator = torch.exp(-gamma * one_hot * logits - gamma * torch.log1p(torch.exp(-1.0 * logits)))
+    return (alpha * modulator * cross_entropy).sum() / one_hot.sum()
+
+
+def reference_cb_softmax(labels, logits, samples_per_cls, beta):
+    """CB_loss(..., "softmax", ...) of the PyTorch port in LTR-weight-balancing utils/class_balanced_loss.py."""
+    num_classes = logits.shape[1]
+    one_hot = F.one_hot(labels, num_classes).float()
+    weights = (reference_cb_weights(samples_per_cls, beta)[None, :] * one_hot).sum(1, keepdim=True)
+    weights = weights.repeat(1, num_classes)
+    return F.binary_cross_entropy(logits.softmax(dim=1), one_hot, weight=weights)
+
+
+def mixup_criterion(criterion, pred, y_a, y_b, lam):
+    """MiSLAS methods.py (and every mixup repo): the loss of a mixed batch for a scalar lam."""
+    return lam * criterion(pred, y_a) + (1 - lam) * criterion(pred, y_b)
 
 
 def log_pi():
@@ -40,9 +97,9 @@ def test_smoke_default_params(name):
     logits.requires_grad_(True)
     features.requires_grad_(True)
     out = loss_fn(logits, target, features if loss_fn.needs_features else None)
-    assert out.shape == (N,) and out.dtype == logits.dtype
-    assert torch.isfinite(out).all()
-    out.mean().backward()
+    assert out.shape == () and out.dtype == logits.dtype
+    assert torch.isfinite(out)
+    out.backward()
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
     if loss_fn.needs_features:
         assert torch.isfinite(features.grad).all() and features.grad.abs().sum() > 0
@@ -77,7 +134,7 @@ def test_focal_matches_formula_on_hand_tensors(gamma):
         p = math.exp(row[y]) / sum(math.exp(v) for v in row)
         expected.append(-((1 - p) ** gamma) * math.log(p))
     got = build_loss("focal", COUNTS, gamma=gamma)(logits, target)
-    torch.testing.assert_close(got, torch.tensor(expected))
+    torch.testing.assert_close(got, torch.tensor(expected).mean())
 
 
 def test_balanced_softmax_uniform_counts_is_ce():
@@ -115,13 +172,22 @@ def test_ldam_margins_follow_quarter_power_and_max():
             assert math.isclose(float(margins[j] / margins[k]), (COUNTS[k] / COUNTS[j]) ** 0.25, rel_tol=1e-9)
 
 
-def test_ldam_subtracts_margin_from_target_logit_only():
+@pytest.mark.parametrize("max_m,s", [(0.5, 30.0), (0.3, 10.0)])
+def test_ldam_matches_the_reference_ldam_loss(max_m, s):
     logits, target, _ = make_batch()
-    m = torch.tensor([c ** -0.25 if c else 0.0 for c in COUNTS])
-    m = m * (0.5 / m.max())
-    shifted = logits - F.one_hot(target, C) * m[target][:, None]
-    got = build_loss("ldam", COUNTS, max_m=0.5, s=30.0)(logits, target)
-    torch.testing.assert_close(got, ce(30.0 * shifted, target))
+    logits = logits.tanh()  # cosines
+    got = build_loss("ldam", FULL, max_m=max_m, s=s)(logits, target)
+    torch.testing.assert_close(got, reference_ldam(logits, target, FULL, max_m=max_m, s=s))
+
+
+def test_ldam_reweighted_is_the_reference_weighted_ldam_loss():
+    logits, target, _ = make_batch(seed=2)
+    logits = logits.tanh()
+    got = build_loss("ldam", FULL, reweight="cb", beta=0.999)(logits, target)
+    weight = reference_cb_weights(FULL, 0.999)
+    torch.testing.assert_close(got, reference_ldam(logits, target, FULL, weight=weight))
+    # the weighted mean, not the mean of weighted losses: these differ unless the batch's weights average 1
+    assert not torch.allclose(got, reference_ldam(logits, target, FULL, weight=weight) * weight[target].mean())
 
 
 def test_cb_weights_match_formula():
@@ -134,32 +200,64 @@ def test_cb_weights_match_formula():
     assert math.isclose(float(class_balanced_weights(full, 0.9999).sum()), len(full))
 
 
-def test_cb_ce_beta0_is_ce_and_weights_multiply():
+@pytest.mark.parametrize("beta", [0.0, 0.99, 0.9999])
+def test_cb_ce_is_weighted_cross_entropy(beta):
     logits, target, _ = make_batch()
-    torch.testing.assert_close(build_loss("cb_ce", COUNTS, beta=0.0)(logits, target), ce(logits, target))
-    w = class_balanced_weights(COUNTS, 0.99).float()
-    torch.testing.assert_close(build_loss("cb_ce", COUNTS, beta=0.99)(logits, target), w[target] * ce(logits, target))
-    focal = build_loss("focal", COUNTS, gamma=2.0)(logits, target)
-    torch.testing.assert_close(build_loss("cb_focal", COUNTS, beta=0.99, gamma=2.0)(logits, target), w[target] * focal)
+    got = build_loss("cb_ce", FULL, beta=beta)(logits, target)
+    torch.testing.assert_close(got, F.cross_entropy(logits, target, weight=reference_cb_weights(FULL, beta)))
 
 
-@pytest.mark.parametrize("name,params", [("cb_ce", {}), ("cb_focal", {"gamma": 1.0}),
-                                         ("ldam", {"reweight": "cb", "max_m": 0.3})])
-def test_drw_unweighted_before_and_weighted_from_drw_epoch(name, params):
+@pytest.mark.parametrize("beta,gamma", [(0.9999, 1.0), (0.99, 2.0), (0.999, 0.5), (0.9, 0.0)])
+def test_cb_focal_is_the_reference_sigmoid_focal_loss(beta, gamma):
+    logits, target, _ = make_batch(seed=4)
+    got = build_loss("cb_focal", FULL, beta=beta, gamma=gamma)(logits, target)
+    torch.testing.assert_close(got, reference_cb_focal(target, logits, FULL, beta, gamma))
+
+
+def test_cb_focal_starts_the_bias_at_the_reference_prior():
+    # class-balanced-loss model_base.py: bias_initializer=tf.constant_initializer(-np.log(out_dim - 1))
+    assert build_loss("cb_focal", FULL).initial_bias == pytest.approx(-np.log(len(FULL) - 1))
+    for name in set(LOSSES.names()) - {"cb_focal"}:
+        assert build_loss(name, COUNTS).initial_bias is None, name
+
+
+def test_cb_focal_softmax_is_the_weighted_mean_of_softmax_focal_terms():
+    logits, target, _ = make_batch(seed=5)
+    p = torch.softmax(logits, dim=1)[torch.arange(N), target]
+    w = reference_cb_weights(FULL, 0.99)[target]
+    expected = (w * (1 - p) ** 2.0 * -torch.log(p)).sum() / w.sum()
+    torch.testing.assert_close(build_loss("cb_focal_softmax", FULL, beta=0.99, gamma=2.0)(logits, target), expected)
+
+
+@pytest.mark.parametrize("beta", [0.9999, 0.9])
+def test_cb_softmax_bce_is_the_weight_balancing_cb_loss(beta):
+    logits, target, _ = make_batch(seed=6)
+    got = build_loss("cb_softmax_bce", FULL, beta=beta)(logits, target)
+    torch.testing.assert_close(got, reference_cb_softmax(target, logits, FULL, beta))
+
+
+@pytest.mark.parametrize("name,params,reference", [
+    ("cb_ce", {}, lambda z, y, beta: F.cross_entropy(z, y, weight=reference_cb_weights(FULL, beta))),
+    ("cb_focal", {"gamma": 1.0}, lambda z, y, beta: reference_cb_focal(y, z, FULL, beta, 1.0)),
+    ("cb_focal_softmax", {"gamma": 0.0},
+     lambda z, y, beta: F.cross_entropy(z, y, weight=reference_cb_weights(FULL, beta))),
+    ("ldam", {"reweight": "cb", "max_m": 0.3},
+     lambda z, y, beta: reference_ldam(z, y, FULL, max_m=0.3, weight=reference_cb_weights(FULL, beta))),
+])
+def test_drw_unweighted_before_and_weighted_from_drw_epoch(name, params, reference):
+    # LDAM-DRW cifar_train.py: beta = [0, 0.9999][epoch // drw_epoch] (beta 0 gives every weight 1)
     logits, target, _ = make_batch()
-    deferred = build_loss(name, COUNTS, drw_epoch=3, **params)
-    unweighted_params = {k: v for k, v in params.items() if k != "reweight"}
-    plain_name = {"cb_ce": "ce", "cb_focal": "focal", "ldam": "ldam"}[name]
-    plain = build_loss(plain_name, COUNTS, **unweighted_params)(logits, target)
-    w = class_balanced_weights(COUNTS, 0.9999).float()
+    logits = logits.tanh()
+    deferred = build_loss(name, FULL, drw_epoch=3, **params)
+    torch.testing.assert_close(reference_cb_weights(FULL, 0.0), torch.ones(len(FULL)))
 
-    torch.testing.assert_close(deferred(logits, target), plain)  # never told the epoch: epoch 0
+    torch.testing.assert_close(deferred(logits, target), reference(logits, target, 0.0))  # never told: epoch 0
     deferred.set_epoch(2, 10)
-    torch.testing.assert_close(deferred(logits, target), plain)
+    torch.testing.assert_close(deferred(logits, target), reference(logits, target, 0.0))
     deferred.set_epoch(3, 10)
-    torch.testing.assert_close(deferred(logits, target), w[target] * plain)
+    torch.testing.assert_close(deferred(logits, target), reference(logits, target, 0.9999))
     deferred.set_epoch(9, 10)
-    torch.testing.assert_close(deferred(logits, target), w[target] * plain)
+    torch.testing.assert_close(deferred(logits, target), reference(logits, target, 0.9999))
 
 
 def test_las_zero_smoothing_is_ce():
@@ -186,7 +284,7 @@ def test_las_smoothing_and_loss_match_formula(shape, g):
     e = eps.float()[target]
     expected = -(1 - e) * log_p[torch.arange(N), target] - e * log_p.sum(1) / C
     got = build_loss("las", COUNTS, eps_head=0.4, eps_tail=0.1, shape=shape, power=3.0)(logits, target)
-    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got, expected.mean())
 
 
 def test_lade_alpha0_is_balanced_softmax():
@@ -245,13 +343,68 @@ def test_feabal_follows_parabolic_curriculum():
     torch.testing.assert_close(constant(logits, target, features), ce(logits - 4.0 * a / norm, target))
 
 
-def test_mixup_combination_of_per_sample_losses():
-    # stage 1 combines lam * L(y_a) + (1 - lam) * L(y_b) per sample; lam = 1 must reduce to L(y_a)
-    logits, target, _ = make_batch()
-    loss_fn = build_loss("focal", COUNTS)
-    lam = torch.ones(N)
-    mixed = lam * loss_fn(logits, target) + (1 - lam) * loss_fn(logits, target.flip(0))
-    torch.testing.assert_close(mixed, loss_fn(logits, target))
+# ------------------------------------------------------------------------------------------------ mixed batches
+@pytest.mark.parametrize("name,params,criterion", [
+    ("ce", {}, lambda z, y: F.cross_entropy(z, y)),
+    ("cb_ce", {"beta": 0.999}, lambda z, y: F.cross_entropy(z, y, weight=reference_cb_weights(FULL, 0.999))),
+    ("ldam", {"reweight": "cb"}, lambda z, y: reference_ldam(z, y, FULL, weight=reference_cb_weights(FULL, 0.9999))),
+    ("cb_focal", {}, lambda z, y: reference_cb_focal(y, z, FULL, 0.9999, 1.0)),
+])
+def test_scalar_lam_is_the_reference_mixup_criterion(name, params, criterion):
+    logits, target, _, target_b, _ = mixed_batch()
+    logits = logits.tanh()
+    lam = 0.3
+    got = build_loss(name, FULL, **params)(logits, target, None, target_b, torch.full((N,), lam))
+    torch.testing.assert_close(got, mixup_criterion(criterion, logits, target, target_b, lam))
+
+
+def test_per_sample_lam_normalises_each_target_by_its_own_weight_sum():
+    logits, target, _, target_b, lam = mixed_batch()
+    w = reference_cb_weights(FULL, 0.999)
+    l_a, l_b = (F.cross_entropy(logits, y, reduction="none") for y in (target, target_b))
+    expected = ((lam * w[target] * l_a).sum() / w[target].sum()
+                + ((1 - lam) * w[target_b] * l_b).sum() / w[target_b].sum())
+    torch.testing.assert_close(build_loss("cb_ce", FULL, beta=0.999)(logits, target, None, target_b, lam), expected)
+
+
+@pytest.mark.parametrize("name", ["ce", "focal", "las", "lade", "gml", "feabal", "balanced_softmax"])
+def test_unweighted_mixed_loss_is_the_mean_of_lam_weighted_sample_losses(name):
+    # without class weights the reduction is the plain batch mean, as before (LADE and GML keep their batch values)
+    logits, target, features, target_b, lam = mixed_batch()
+    loss_fn = build_loss(name, COUNTS)
+    loss_fn.set_epoch(2, 4)
+    f = features if loss_fn.needs_features else None
+    expected = (lam * loss_fn.per_sample(logits, target, f) + (1 - lam) * loss_fn.per_sample(logits, target_b, f)).mean()
+    torch.testing.assert_close(loss_fn(logits, target, f, target_b, lam), expected)
+    torch.testing.assert_close(loss_fn(logits, target, f, target_b, torch.ones(N)), loss_fn(logits, target, f))
+
+
+def test_lade_and_gml_batch_values_are_unchanged_by_the_reduction():
+    logits, target, _ = make_batch(seed=5, classes=[0, 1, 3, 6])
+    for name in ("lade", "gml"):
+        loss_fn = build_loss(name, COUNTS)
+        torch.testing.assert_close(loss_fn(logits, target), loss_fn.per_sample(logits, target, None).mean())
+
+
+def test_mixed_batch_needs_target_b_and_lam_together():
+    loss_fn = build_loss("ce", COUNTS)
+    logits, target, _, target_b, lam = mixed_batch()
+    with pytest.raises(ConfigError, match="both target_b and lam"):
+        loss_fn(logits, target, None, target_b)
+    with pytest.raises(ConfigError, match="lam must be"):
+        loss_fn(logits, target, None, target_b, lam[:-1])
+    with pytest.raises(ConfigError, match="target_b must be"):
+        loss_fn(logits, target, None, target_b.float(), lam)
+
+
+# ------------------------------------------------------------------------------------------- defaults and params
+def test_params_yaml_holds_every_loss_default():
+    blocks = yaml.safe_load((ROOT / "params.yaml").read_text())["losses"]
+    assert set(blocks) == set(LOSSES.names())
+    for name in LOSSES.names():
+        defaults = {k: p.default for k, p in inspect.signature(LOSSES.get(name)).parameters.items()
+                    if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        assert blocks[name] == defaults, name
 
 
 # ------------------------------------------------------------------------------------------------------- bad input

@@ -1,5 +1,9 @@
+import math
+
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ltpipe.errors import ConfigError
 from ltpipe.models import Classifier, build_backbone, load_classifier, save_classifier
@@ -24,7 +28,7 @@ def test_unknown_backbone_lists_choices():
 
 def test_save_load_roundtrip(tmp_path):
     torch.manual_seed(0)
-    model = Classifier("resnet8", num_classes=5, in_chans=1, normalize_weight=True).eval()
+    model = Classifier("resnet8", num_classes=5, in_chans=1, cosine=True).eval()
     save_classifier(tmp_path, model)
     again = load_classifier(tmp_path)
     x = torch.randn(3, 1, 8, 8)
@@ -35,3 +39,27 @@ def test_save_load_roundtrip(tmp_path):
 def _saved_bytes(model, path):
     save_classifier(path, model)
     return (path / "model.safetensors").read_bytes()
+
+
+def normed_linear(x, weight_in_out):
+    """LDAM-DRW models/resnet_cifar.py NormedLinear.forward (its weight is (in_features, out_features))."""
+    return F.normalize(x, dim=1).mm(F.normalize(weight_in_out, dim=0))
+
+
+def test_cosine_classifier_is_ldams_normed_linear():
+    torch.manual_seed(0)
+    model = Classifier("resnet8", num_classes=5, in_chans=1, cosine=True).eval()
+    assert model.head.bias is None
+    features = model.backbone(torch.randn(4, 1, 8, 8)).detach()
+    logits = model.head(features)
+    torch.testing.assert_close(logits, normed_linear(features, model.head.weight.detach().T))
+    assert logits.abs().max() <= 1 + 1e-6
+    torch.testing.assert_close(model.head(7.5 * features), logits)  # cosines: the feature norm does not matter
+    # NormedLinear's init: uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5), i.e. unit-norm class vectors
+    torch.testing.assert_close(model.head.weight.detach().norm(dim=1), torch.ones(5))
+
+
+def test_initial_bias_sets_every_class_bias():
+    model = Classifier("resnet8", num_classes=10, in_chans=1, initial_bias=-math.log(9))
+    torch.testing.assert_close(model.head.bias.detach(), torch.full((10,), -float(np.log(9))))
+    assert "initial_bias" not in model.config, "init only: not needed to rebuild the model"

@@ -1,6 +1,7 @@
 """Stage 1 without DVC: determinism, resume after an interruption, and bad input failing before training."""
 import copy
 import inspect
+import math
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ import yaml
 
 from ltpipe.data.prepare import prepare
 from ltpipe.errors import ConfigError
+from ltpipe.runtime import Runtime
 from ltpipe.schema import validate_params
 from ltpipe.train import stage1
 from conftest import ROOT
@@ -105,3 +107,62 @@ def test_bad_loss_value_fails_before_any_output(params, prepared, tmp_path):
     with pytest.raises(ConfigError, match="losses.focal.gamma: -1.0: must be >= 0"):
         train(bad, prepared, tmp_path, "bad")
     assert not any(tmp_path.iterdir()), "nothing written"
+
+
+class _Built(Exception):
+    pass
+
+
+@pytest.mark.parametrize("loss", ["ldam", "cb_focal", "ce"])
+def test_stage1_builds_the_classifier_the_loss_needs(params, prepared, tmp_path, monkeypatch, loss):
+    def capture(model, *rest):
+        raise _Built(model)
+
+    monkeypatch.setattr(stage1, "_train_one_epoch", capture)
+    chosen = copy.deepcopy(params)
+    chosen["loss"] = loss
+    with pytest.raises(_Built) as built:
+        train(chosen, prepared, tmp_path, loss)
+    head = built.value.args[0].head
+    num_classes = head.weight.shape[0]
+    if loss == "ldam":  # LDAM's NormedLinear: cosine logits, no bias
+        assert head.normalize_input and head.normalize_weight and head.bias is None
+    elif loss == "cb_focal":  # the class-balanced sigmoid loss starts every class at the prior 1/C
+        torch.testing.assert_close(head.bias.detach(), torch.full((num_classes,), -math.log(num_classes - 1)))
+    else:
+        assert not head.normalize_input and not head.normalize_weight and head.bias is not None
+
+
+def test_stage1_hands_the_mixed_batch_to_the_loss(params, prepared, monkeypatch):
+    seen = []
+
+    class Spy(torch.nn.Module):
+        needs_features = False
+
+        def set_epoch(self, epoch, total):
+            pass
+
+        def forward(self, logits, y_a, features, y_b, lam):
+            seen.append((y_a, y_b, lam))
+            return logits.sum() * 0
+
+    from ltpipe.data.loader import BatchLoader
+    from ltpipe.data.prepared import load_prepared
+    from ltpipe.mixing import build_mixer
+    from ltpipe.models import Classifier
+    from ltpipe.samplers import build_sampler
+
+    split = load_prepared(prepared).split("train")
+    info = load_prepared(prepared).info
+    loader = BatchLoader(split, batch_size=128, train=True, mean=info["mean"], std=info["std"],
+                         image_size=info.get("image_size"))
+    counts = load_prepared(prepared).class_counts
+    model = Classifier("resnet8", len(counts), int(info["channels"]))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    runtime = Runtime(device=torch.device("cpu"))
+    stage1._train_one_epoch(model, loader, build_sampler("instance", split.labels, len(counts)),
+                            build_mixer("remix", counts), Spy(), optimizer, scheduler, runtime.grad_scaler(), runtime,
+                            0, 1, 0)
+    assert seen and all(lam.shape == y_a.shape == y_b.shape for y_a, y_b, lam in seen)
+    assert any(not torch.equal(y_a, y_b) for y_a, y_b, _ in seen)

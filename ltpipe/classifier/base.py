@@ -1,7 +1,6 @@
 """What every stage-2 method receives, the method registry, and the small helpers the methods share."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, List, Optional
 
@@ -71,15 +70,6 @@ def build_module(cls, *args: Any, **kwargs: Any) -> nn.Module:
     """Construct without advancing the global RNG: the constructor's default init is overwritten by the caller."""
     with torch.random.fork_rng(devices=[]):
         return cls(*args, **kwargs)
-
-
-@torch.no_grad()
-def init_linear_(weight: torch.Tensor, bias: Optional[torch.Tensor], generator: torch.Generator) -> None:
-    """nn.Linear's default init (Kaiming-uniform weight, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) bias), seeded."""
-    nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
-    if bias is not None:
-        bound = 1 / math.sqrt(weight.shape[1])
-        nn.init.uniform_(bias, -bound, bound, generator=generator)
 
 
 @torch.no_grad()

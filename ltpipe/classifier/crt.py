@@ -1,29 +1,34 @@
 """cRT: classifier re-training from scratch on frozen features."""
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
-from ltpipe.classifier.base import STAGE2, Stage2Data, build_module, init_linear_, seeded_generator
-from ltpipe.models.heads import LinearHead
+from ltpipe.classifier.base import STAGE2, Stage2Data, build_module, seeded_generator
+from ltpipe.models.heads import LinearHead, classifier_kwargs
 from ltpipe.classifier.train import Recipe, Supervised, fit, sampler_and_loss
+from ltpipe.types import Bool, KwargsBlock, Milestones, NonNegFloat, OpenUnitFloat, PosFloat, PosInt
+from ltpipe.train.schedule import ScheduleName
+from ltpipe.samplers import SamplerName
+from ltpipe.losses import LossName
 
 
 @STAGE2.register("crt")
-def crt(data: Stage2Data, *, epochs: int = 10, lr: float = 0.1, batch_size: int = 128, momentum: float = 0.9,
-        weight_decay: float = 5e-4, schedule: str = "cosine", milestones: Sequence[int] = (), gamma: float = 0.1,
-        sampler: str = "class_balanced", sampler_params: Optional[Mapping[str, Any]] = None, loss: str = "ce",
-        loss_params: Optional[Mapping[str, Any]] = None, progress: bool = True) -> Tuple[LinearHead, Dict[str, Any]]:
+def crt(data: Stage2Data, *, epochs: PosInt = 10, lr: PosFloat = 0.1, batch_size: PosInt = 128,
+        momentum: OpenUnitFloat = 0.9, weight_decay: NonNegFloat = 5e-4, schedule: ScheduleName = "cosine",
+        milestones: Milestones = (), gamma: PosFloat = 0.1, sampler: SamplerName = "class_balanced",
+        sampler_params: KwargsBlock = None, loss: LossName = "ce",
+        loss_params: KwargsBlock = None, progress: Bool = True) -> Tuple[LinearHead, Dict[str, Any]]:
     """Classifier re-training (Kang et al., "Decoupling Representation and Classifier for Long-Tailed Recognition",
     ICLR 2020): a freshly initialised head trained with class-balanced sampling, min_{W,b} E_{(x,y)~p_cb} L(Wx+b, y).
 
-    A loss that needs a cosine classifier (LDAM) gets a normalised, bias-free head, as in stage 1.
+    The head is built as stage 1 builds it for the loss: a cosine classifier (NormedLinear, no bias) for LDAM, the
+    loss's initial bias for a sigmoid loss (cb_focal).
     """
     recipe = Recipe(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum, weight_decay=weight_decay,
                     schedule=schedule, milestones=milestones, gamma=gamma, progress=progress)
     built_sampler, loss_fn = sampler_and_loss(data, sampler, sampler_params, loss, loss_params)
-    normed = loss_fn.needs_normed_classifier
-    head = build_module(LinearHead, data.in_features, data.num_classes, bias=not normed,
-                        normalize_weight=normed).to(data.device)
-    init_linear_(head.weight, head.bias, seeded_generator(data.seed, data.device))
+    head = build_module(LinearHead, data.in_features, data.num_classes,
+                        **classifier_kwargs(loss_fn.needs_normed_classifier)).to(data.device)
+    head.reset_parameters(seeded_generator(data.seed, data.device), bias=loss_fn.initial_bias)
     curve = fit(head.parameters(), data, [built_sampler], Supervised(head, loss_fn), recipe, desc="cRT")
     return head, {"loss_curve": curve}

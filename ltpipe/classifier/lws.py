@@ -9,7 +9,11 @@ from torch import nn
 
 from ltpipe.classifier.base import STAGE2, Stage2Data, linear_like
 from ltpipe.models.heads import LinearHead
+from ltpipe.types import Bool, KwargsBlock, Milestones, NonNegFloat, OpenUnitFloat, PosFloat, PosInt
 from ltpipe.classifier.train import Recipe, Supervised, fit, sampler_and_loss
+from ltpipe.train.schedule import ScheduleName
+from ltpipe.samplers import SamplerName
+from ltpipe.losses import LossName
 
 
 class ScaledLogits(nn.Module):
@@ -32,10 +36,11 @@ class ScaledLogits(nn.Module):
 
 
 @STAGE2.register("lws")
-def lws(data: Stage2Data, *, epochs: int = 5, lr: float = 0.1, batch_size: int = 128, momentum: float = 0.9,
-        weight_decay: float = 5e-4, schedule: str = "cosine", milestones: Sequence[int] = (), gamma: float = 0.1,
-        sampler: str = "class_balanced", sampler_params: Optional[Mapping[str, Any]] = None, loss: str = "ce",
-        loss_params: Optional[Mapping[str, Any]] = None, progress: bool = True) -> Tuple[LinearHead, Dict[str, Any]]:
+def lws(data: Stage2Data, *, epochs: PosInt = 5, lr: PosFloat = 0.1, batch_size: PosInt = 128,
+        momentum: OpenUnitFloat = 0.9, weight_decay: NonNegFloat = 5e-4, schedule: ScheduleName = "cosine",
+        milestones: Milestones = (), gamma: PosFloat = 0.1, sampler: SamplerName = "class_balanced",
+        sampler_params: KwargsBlock = None, loss: LossName = "ce", loss_params: KwargsBlock = None,
+        progress: Bool = True) -> Tuple[LinearHead, Dict[str, Any]]:
     """Learnable weight scaling (Kang et al., "Decoupling Representation and Classifier for Long-Tailed
     Recognition", ICLR 2020): logits_i = f_i * (w_i x + b_i), only f (init 1) learned, W and b frozen.
 

@@ -47,7 +47,7 @@ class Recipe:
 
 
 class Supervised:
-    """Objective: mean per-sample loss of `model` on one batch from one sampler."""
+    """Objective: the batch loss of `model` on one batch from one sampler."""
 
     def __init__(self, model: nn.Module, loss_fn: LTLoss):
         self.model, self.loss_fn = model, loss_fn
@@ -57,7 +57,7 @@ class Supervised:
 
     def __call__(self, batches: Sequence[Batch]) -> torch.Tensor:
         (x, y), = batches
-        return self.loss_fn(self.model(x), y, x if self.loss_fn.needs_features else None).mean()
+        return self.loss_fn(self.model(x), y, x if self.loss_fn.needs_features else None)
 
 
 def sampler_and_loss(data: Stage2Data, sampler: str, sampler_params: Optional[Mapping[str, Any]], loss: str,
@@ -74,8 +74,8 @@ def fit(params, data: Stage2Data, samplers: Sequence[Sampler], objective, recipe
     """Train `params` (tensors or param groups) for recipe.epochs; returns the mean training loss of each epoch.
 
     Each step takes one batch from every sampler's epoch (sampler k seeded with data.seed + k) and calls
-    `objective(batches)`; `objective.set_epoch` runs at every epoch start and `project` (e.g. MaxNorm) after every
-    optimiser step, without gradients.
+    `objective(batches)`; `objective.set_epoch` runs at every epoch start and `project` (e.g. MaxNorm) at every
+    epoch end, without gradients.
     """
     n = data.train_labels.numel()
     steps = math.ceil(n / recipe.batch_size)
@@ -96,9 +96,9 @@ def fit(params, data: Stage2Data, samplers: Sequence[Sampler], objective, recipe
             loss.backward()
             optimizer.step()
             scheduler.step()
-            if project is not None:
-                with torch.no_grad():
-                    project()
             total += loss.item() * len(chunks[0])
+        if project is not None:
+            with torch.no_grad():
+                project()
         curve.append(total / n)
     return curve

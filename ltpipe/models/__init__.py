@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
 
-from ltpipe.models.heads import LinearHead
+from ltpipe.models.heads import LinearHead, classifier_kwargs
 from ltpipe.errors import ConfigError
 from ltpipe.io import load_tensors, save_tensors, write_json
 from ltpipe.models.resnet_cifar import CifarResNet
@@ -58,15 +58,21 @@ def build_backbone(name: str, in_chans: int) -> nn.Module:
 
 
 class Classifier(nn.Module):
-    """backbone -> features -> head. `normalize_weight` gives LDAM's cosine classifier (NormedLinear)."""
+    """backbone -> features -> head: nn.Linear, or with `cosine` LDAM's NormedLinear (logits cos(x, w_j), no bias).
 
-    def __init__(self, backbone: str, num_classes: int, in_chans: int, normalize_weight: bool = False):
+    `initial_bias` (not part of the saved config: it only shapes the init) is the constant the head's bias starts at,
+    e.g. the class prior of a sigmoid loss; None keeps nn.Linear's init.
+    """
+
+    def __init__(self, backbone: str, num_classes: int, in_chans: int, cosine: bool = False,
+                 initial_bias: Optional[float] = None):
         super().__init__()
         self.config: Dict[str, Any] = dict(backbone=backbone, num_classes=num_classes, in_chans=in_chans,
-                                           normalize_weight=normalize_weight)
+                                           cosine=cosine)
         self.backbone = build_backbone(backbone, in_chans)
-        self.head = LinearHead(self.backbone.num_features, num_classes, bias=not normalize_weight,
-                               normalize_weight=normalize_weight)
+        self.head = LinearHead(self.backbone.num_features, num_classes, **classifier_kwargs(cosine))
+        if initial_bias is not None and self.head.bias is not None:
+            nn.init.constant_(self.head.bias, initial_bias)
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         """logits, or (logits, features) with `return_features` (one call, so DDP sees the whole forward)."""

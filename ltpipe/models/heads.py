@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Dict
+import math
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -14,11 +15,27 @@ from ltpipe.registry import Registry
 HEADS = Registry("classifier head")
 
 
+@torch.no_grad()
+def init_linear_(weight: torch.Tensor, bias: Optional[torch.Tensor], generator: Optional[torch.Generator] = None):
+    """nn.Linear's default init (Kaiming-uniform weight, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) bias), from `generator`."""
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
+    if bias is not None:
+        bound = 1 / math.sqrt(weight.shape[1])
+        nn.init.uniform_(bias, -bound, bound, generator=generator)
+
+
+def classifier_kwargs(cosine: bool) -> Dict[str, bool]:
+    """LinearHead flags of a trained classifier: nn.Linear, or the cosine classifier of LDAM's NormedLinear
+    (logits cos(x, w_j) = x/||x|| . w_j/||w_j||, no bias)."""
+    return dict(bias=not cosine, normalize_input=cosine, normalize_weight=cosine)
+
+
 @HEADS.register("linear")
 class LinearHead(nn.Module):
     """logits = scale * (W g(x) + b), with g(x) = x, or (x - mu) / ||x - mu|| when `normalize_input`.
 
-    `normalize_weight` uses W_i / ||W_i|| (the cosine classifier of LDAM's NormedLinear).
+    `normalize_weight` uses W_i / ||W_i||; with `normalize_input` and no bias this is LDAM's NormedLinear
+    (`classifier_kwargs(cosine=True)`).
     """
 
     def __init__(self, in_features: int, num_classes: int, *, bias: bool = True, normalize_input: bool = False,
@@ -27,10 +44,20 @@ class LinearHead(nn.Module):
         self.kwargs = dict(in_features=in_features, num_classes=num_classes, bias=bias, normalize_input=normalize_input,
                            center_input=center_input, normalize_weight=normalize_weight, scale=scale)
         self.weight = nn.Parameter(torch.empty(num_classes, in_features))
-        self.bias = nn.Parameter(torch.zeros(num_classes)) if bias else None
+        self.bias = nn.Parameter(torch.empty(num_classes)) if bias else None
         self.register_buffer("center", torch.zeros(in_features) if center_input else None)
         self.normalize_input, self.normalize_weight, self.scale = normalize_input, normalize_weight, scale
-        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)  # nn.Linear's default init
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: Optional[torch.Generator] = None, bias: Optional[float] = None) -> None:
+        """nn.Linear's init from `generator`; `bias` (when given) is the constant every bias starts at."""
+        init_linear_(self.weight, self.bias, generator)
+        if self.normalize_weight:
+            # NormedLinear starts every class vector at unit norm; the norm of a normalised weight sets its step size.
+            self.weight.div_(self.weight.norm(dim=1, keepdim=True))
+        if bias is not None and self.bias is not None:
+            self.bias.fill_(bias)
 
     def effective_weight(self) -> torch.Tensor:
         return F.normalize(self.weight, dim=1) if self.normalize_weight else self.weight

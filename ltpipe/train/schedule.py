@@ -10,6 +10,7 @@ from ltpipe.errors import ConfigError
 from ltpipe.registry import Registry
 
 SCHEDULES = Registry("lr schedule", fixed=("progress", "epoch", "milestones", "gamma"))
+ScheduleName = SCHEDULES.name_type()
 
 
 @SCHEDULES.register("cosine")

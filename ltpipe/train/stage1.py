@@ -74,7 +74,7 @@ def _train(params, runtime: Runtime, prepared_dir, out_dir, live_dir, resume_dir
 
     torch.manual_seed(seed)
     model = Classifier(params.model.backbone, num_classes, int(prepared.info["channels"]),
-                       normalize_weight=loss_fn.needs_normed_classifier).to(runtime.device)
+                       cosine=loss_fn.needs_normed_classifier, initial_bias=loss_fn.initial_bias).to(runtime.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     epochs = cfg.epochs
@@ -142,14 +142,12 @@ def _train_one_epoch(model, loader, sampler, mixer, loss_fn, optimizer, schedule
         with runtime.autocast():
             logits, features = model(x, return_features=True)
         logits = logits.float()
-        features = features.float() if loss_fn.needs_features else None
-        per_sample = loss_fn(logits, y_a, features)
-        if bool((lam < 1).any()):
-            per_sample = lam * per_sample + (1 - lam) * loss_fn(logits, y_b, features)
-        # DDP averages gradients over ranks: scale each rank's sum so the average is the global batch mean, which
-        # keeps the step independent of the number of processes even when the shares differ by one sample.
+        batch_loss = loss_fn(logits, y_a, features.float() if loss_fn.needs_features else None, y_b, lam)
+        # DDP averages gradients over ranks: weight each rank's mean by its share of the global batch, so the average
+        # is the global mean even when shares differ by one sample (exact for unweighted losses; a weighted loss is
+        # normalised by each rank's own weight sum).
         global_n = runtime.all_sum(torch.tensor(float(len(y)), device=runtime.device))
-        loss = per_sample.sum() * (runtime.world_size / global_n)
+        loss = batch_loss * (len(y) * runtime.world_size / global_n)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -158,7 +156,7 @@ def _train_one_epoch(model, loader, sampler, mixer, loss_fn, optimizer, schedule
         with torch.no_grad():
             pred = logits.argmax(1)
             correct = (lam * (pred == y_a) + (1 - lam) * (pred == y_b)).sum()
-            totals += torch.stack([per_sample.detach().sum().double(), correct.double(),
+            totals += torch.stack([batch_loss.detach().double() * len(y), correct.double(),
                                    torch.tensor(float(len(y)), dtype=torch.float64, device=runtime.device)])
         if runtime.is_main and step % 20 == 0:  # .item() waits for the device: not every step
             bar.set_postfix(loss=f"{totals[0].item() / totals[2].item():.3f}")
