@@ -82,10 +82,16 @@ class Registry:
         try:
             return dict(model.model_validate(dict(kwargs or {})))
         except ValidationError as err:
-            raise ConfigError(format_validation_error(err, where or f"{self.kind} {name!r}", model)) from None
+            if where is not None:
+                raise ConfigError(format_validation_error(err, where, model)) from None
+            lines = format_validation_error(err, "", model).splitlines()
+            raise ConfigError("\n".join(f"{self.kind} {name!r}: {line}" for line in lines)) from None
 
     def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        return self.get(name)(*args, **self.validate_kwargs(name, kwargs))
+        """Call entry `name`; keyword arguments named in `fixed` pass through, the others are validated."""
+        fixed = {k: v for k, v in kwargs.items() if k in self.fixed}
+        block = {k: v for k, v in kwargs.items() if k not in self.fixed}
+        return self.get(name)(*args, **fixed, **self.validate_kwargs(name, block))
 
 
 def _annotations(fn: Callable) -> Dict[str, Any]:

@@ -12,7 +12,7 @@ import torch
 from ltpipe.checks import check_int, check_real
 from ltpipe.errors import ConfigError
 from ltpipe.registry import Registry
-from ltpipe.types import Float, PosInt
+from ltpipe.types import NonNegFloat, PosInt
 
 SAMPLERS = Registry("sampler", fixed=("labels", "num_classes"))
 SamplerName = SAMPLERS.name_type()
@@ -106,7 +106,7 @@ class PowerSampler(Sampler):
     q = 1 matches instance frequencies, q = 0.5 is square-root sampling, q = 0 is class-balanced.
     """
 
-    def __init__(self, labels: torch.LongTensor, num_classes: int, q: Float = 0.5):
+    def __init__(self, labels: torch.LongTensor, num_classes: int, q: NonNegFloat = 0.5):
         super().__init__(labels, num_classes)
         self.q = check_real("power sampler q (0 = class-balanced, 1 = instance)", q, low=0.0)
 

@@ -408,16 +408,16 @@ def test_every_method_smoke_and_save_load_round_trip(method, tmp_path, data):
 def test_unknown_method_and_parameter_are_rejected_with_choices():
     with pytest.raises(ConfigError, match="unknown stage-2 method 'crtt'.*crt.*tau_norm"):
         fit_stage2("crtt", make_data())
-    with pytest.raises(ConfigError, match="takes no parameter 'taux'.*tau, grid_start"):
+    with pytest.raises(ConfigError, match="stage-2 method 'tau_norm': taux: unknown key; did you mean tau?"):
         fit_stage2("tau_norm", make_data(), taux=1.0)
 
 
 @pytest.mark.parametrize("method", TRAINING)
 @pytest.mark.parametrize("bad, message", [
-    (dict(epochs=0), "epochs must be an integer >= 1"),
-    (dict(lr=0.0), r"lr must be a finite number in \(0"),
-    (dict(lr=-0.1), r"lr must be a finite number in \(0"),
-    (dict(batch_size=0), "batch_size must be an integer >= 1"),
+    (dict(epochs=0), "epochs: 0: must be >= 1"),
+    (dict(lr=0.0), "lr: 0.0: must be > 0"),
+    (dict(lr=-0.1), "lr: -0.1: must be > 0"),
+    (dict(batch_size=0), "batch_size: 0: must be >= 1"),
     (dict(schedule="linear"), "unknown lr schedule 'linear'.*cosine"),
 ])
 def test_bad_training_params_fail_before_training(method, bad, message, monkeypatch):
@@ -440,21 +440,10 @@ def test_unknown_loss_fails_before_training(method, monkeypatch):
         fit_stage2(method, make_data(), loss="cee")
 
 
-def test_params_yaml_holds_every_stage2_default():
-    blocks = yaml.safe_load((ROOT / "params.yaml").read_text())["stage2"]
-    for method in STAGE2.names():
-        defaults = {k: p.default for k, p in inspect.signature(STAGE2.get(method)).parameters.items()
-                    if p.kind is inspect.Parameter.KEYWORD_ONLY}
-        for key, value in blocks[method].items():
-            assert key in defaults, (method, key)
-            assert value == defaults[key] or (key.endswith("_params") and value == {} and defaults[key] is None), \
-                (method, key, value, defaults[key])
-
-
 def test_method_specific_bad_values():
     with pytest.raises(ConfigError, match="max_norm"):
         fit_stage2("weight_balancing", make_data(), max_norm=-1.0)
-    with pytest.raises(ConfigError, match="sampler_params must be a mapping"):
+    with pytest.raises(ConfigError, match="sampler_params: \\[1, 2\\]: must be a mapping"):
         fit_stage2("crt", make_data(), sampler_params=[1, 2])
 
 

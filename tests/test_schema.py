@@ -71,8 +71,7 @@ def test_unknown_keys_are_errors_with_the_nearest_key(path, typo, message):
     ("stage2.crt.epochs", 0, "stage2.crt.epochs: 0: must be >= 1"),
     ("stage2.crt.batch_size", 0, "stage2.crt.batch_size: 0: must be >= 1"),
     ("stage2.crt.sampler", "balanced", "stage2.crt.sampler: 'balanced': unknown sampler 'balanced'; valid choices:"),
-    ("stage2.crt.loss_params", {"gama": 1}, "stage2.crt.loss_params.gama: unknown key; stage2.crt.loss_params "
-                                            "takes no keys"),
+    ("stage2.crt.loss_params", {"gama": 1}, "stage2.crt.loss_params.gama: unknown key; loss_params takes no keys"),
     ("imbalance.profile", "linear", "imbalance.profile: 'linear': not a valid choice; valid choices: exp, step, none"),
     ("model.backbone", "resnet33", "model.backbone: 'resnet33': unknown backbone 'resnet33'"),
     ("evaluate.few_threshold", 500, "evaluate.few_threshold: 500: must be <= many_threshold (100)"),

@@ -12,8 +12,8 @@ def test_registry_names_and_unknown():
     assert SOURCES.names() == ["cifar10", "cifar100", "digits", "imagefolder", "manifest"]
     with pytest.raises(ConfigError, match="cifar10, cifar100, digits, imagefolder, manifest"):
         SOURCES.get("mnist")
-    with pytest.raises(ConfigError, match="valid parameters: root, image_size, skip_bad"):
-        SOURCES.check_kwargs("imagefolder", {"roots": "x"})
+    with pytest.raises(ConfigError, match="data set 'imagefolder': roots: unknown key; did you mean root?"):
+        SOURCES.validate_kwargs("imagefolder", {"roots": "x"})
 
 
 # ------------------------------------------------------------------------------------------------- digits
