@@ -33,9 +33,29 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from ltpipe.config import load_validated_params
+    from ltpipe.recipes import compose_params, recipe_names
+    from ltpipe.schema import validate_params
 
-    load_validated_params(args.params)
-    print(f"OK: {args.params} is valid")
+    if args.recipe is None:
+        load_validated_params(args.params)
+        print(f"OK: {args.params} is valid")
+        return 0
+    for name in recipe_names(args.conf) if args.recipe == "all" else [args.recipe]:
+        validate_params(compose_params([f"recipe={name}"], args.conf), f"recipe {name}")
+        print(f"OK: recipe {name} composes to valid params")
+    return 0
+
+
+def _compose(args: argparse.Namespace) -> int:
+    from ltpipe.io import write_text
+    from ltpipe.recipes import compose_yaml
+    from ltpipe.schema import validate_params
+    import yaml
+
+    text = compose_yaml(args.overrides, args.conf)
+    validate_params(yaml.safe_load(text), "the composed params")
+    write_text(args.out, text)
+    print(f"wrote {args.out} ({' '.join(args.overrides) or 'defaults'})")
     return 0
 
 
@@ -60,9 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps")
     pred.set_defaults(run=_predict)
 
-    val = commands.add_parser("validate", help="check params.yaml (names, keyword arguments, values)")
+    val = commands.add_parser("validate", help="check params.yaml (names, keyword arguments, values), or a recipe")
     val.add_argument("params", nargs="?", default="params.yaml")
+    val.add_argument("--recipe", help="check what conf/recipe/RECIPE.yaml composes to instead ('all': every recipe)")
+    val.add_argument("--conf", default="conf", help="the Hydra config folder (default: conf)")
     val.set_defaults(run=_validate)
+
+    comp = commands.add_parser("compose", help="write params.yaml from conf/ as `dvc exp run` would (for dvc repro)")
+    comp.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                      help="Hydra overrides, e.g. recipe=ldam_drw train.epochs=10")
+    comp.add_argument("--conf", default="conf", help="the Hydra config folder (default: conf)")
+    comp.add_argument("--out", default="params.yaml")
+    comp.set_defaults(run=_compose)
     return parser
 
 

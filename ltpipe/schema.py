@@ -153,6 +153,7 @@ def params_model() -> type[BaseModel]:
     Stage2 = blocks_model(STAGE2, "stage2", method=(STAGE2.name_type(), "crt"), seed=(Optional[NonNegInt], None))
 
     class Params(Section):
+        recipe: str = "none"  # the conf/recipe/ file that composed these params; informational, no stage reads it
         seed: NonNegInt = 0
         dataset: Dataset = Field(default_factory=Dataset)  # type: ignore[valid-type]
         imbalance: Imbalance = Field(default_factory=Imbalance)

@@ -41,15 +41,21 @@ def set_params(path: Path, updates):
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def set_defaults(root: Path, updates):
+    """Change default values where `dvc exp run` composes them from (conf/config.yaml) and in params.yaml."""
+    set_params(root / "conf/config.yaml", updates)
+    set_params(root / "params.yaml", updates)
+
+
 @pytest.fixture(scope="session")
 def project(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipeline")
     for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy(ROOT / name, tmp / name)
-    for name in ("stages", "ltpipe"):
+    for name in ("stages", "ltpipe", "conf"):
         shutil.copytree(ROOT / name, tmp / name, ignore=shutil.ignore_patterns("__pycache__"))
-    set_params(tmp / "params.yaml", TINY)
-    run("git init -q && dvc init -q && dvc config core.analytics false", tmp)
+    set_defaults(tmp, TINY)
+    run("git init -q && dvc init -q && dvc config core.analytics false && dvc config hydra.enabled true", tmp)
     shutil.copytree(ROOT / ".dvc/plots", tmp / ".dvc/plots")  # the project's custom plot templates
     run("git add -A && git commit -qm init", tmp)
     repro = run("dvc repro", tmp)

@@ -149,3 +149,22 @@ def test_leftovers_of_killed_stages_are_removed_by_their_next_run(project):
         assert keep.exists(), "only the stages' own temporary names are removed"
     finally:
         keep.unlink()
+
+
+def test_exp_run_selects_a_recipe_by_name(project):
+    """DVC's Hydra composition: `-S recipe=<name>` merges conf/recipe/<name>.yaml into params.yaml, and further
+    -S overrides apply on top of it."""
+    tmp, _ = project
+    recipe = tmp / "conf/recipe/tiny_focal.yaml"
+    recipe.write_text("# @package _global_\nrecipe: tiny_focal\nloss: focal\nlosses:\n  focal:\n    gamma: 1.0\n")
+    try:
+        out = run("dvc exp run -S recipe=tiny_focal -S losses.focal.gamma=0.5", tmp)
+        assert "train_backbone" in stages_ran(out.stdout)
+        params = yaml.safe_load((tmp / "params.yaml").read_text())
+        assert (params["recipe"], params["loss"], params["losses"]["focal"]["gamma"]) == ("tiny_focal", "focal", 0.5)
+        assert params["train"]["epochs"] == 2, "keys the recipe does not set keep conf/config.yaml's values"
+        bad = run("dvc exp run -S recipe=nope", tmp, check=False)
+        assert bad.returncode != 0 and "nope" in bad.stdout + bad.stderr
+    finally:
+        recipe.unlink()
+        checkout_baseline(tmp)

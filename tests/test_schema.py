@@ -9,6 +9,7 @@ import yaml
 from conftest import ROOT
 from ltpipe.config import load_validated_params, read_params_file
 from ltpipe.errors import ConfigError
+from ltpipe.recipes import compose_params, compose_yaml, recipe_names
 from ltpipe.schema import default_params, validate_params
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -30,10 +31,41 @@ def error_of(params):
     return str(info.value)
 
 
-def test_committed_params_are_exactly_the_schema_defaults():
-    """Every key of the schema is in params.yaml (so `dvc exp run -S` can set it) and nothing else is."""
+def test_committed_params_are_exactly_the_schema_defaults_and_the_composition_of_conf():
+    """Every key of the schema is in params.yaml (so `dvc exp run -S` can set it) and nothing else is; params.yaml is
+    byte for byte what `dvc exp run` composes from conf/ (so a run without overrides changes nothing)."""
     assert default_params() == validate_params(PARAMS).model_dump(mode="json")
-    assert validate_params(PARAMS).model_dump(mode="json") == yaml.safe_load(yaml.safe_dump(PARAMS))
+    assert validate_params(PARAMS).model_dump(mode="json") == PARAMS
+    assert compose_yaml([], ROOT / "conf") == (ROOT / "params.yaml").read_text()
+
+
+@pytest.mark.parametrize("recipe", recipe_names(ROOT / "conf"))
+def test_every_recipe_composes_to_valid_params(recipe):
+    params = validate_params(compose_params([f"recipe={recipe}"], ROOT / "conf"))
+    assert params.recipe == recipe
+
+
+def test_recipes_hold_their_papers_settings():
+    ldam = validate_params(compose_params(["recipe=ldam_drw"], ROOT / "conf"))
+    assert (ldam.loss, ldam.losses.ldam.reweight, ldam.losses.ldam.drw_epoch) == ("ldam", "cb", 160)
+    assert (ldam.train.epochs, ldam.train.batch_size, ldam.train.lr, ldam.train.weight_decay) == (200, 128, 0.1, 2e-4)
+    assert ldam.train.milestones == [160, 180] and ldam.train.gamma == 0.01 and ldam.train.warmup_epochs == 5
+    assert (ldam.imbalance.factor, ldam.model.backbone, ldam.split.val_from) == (100, "resnet32", "test")
+    mislas = validate_params(compose_params(["recipe=mislas"], ROOT / "conf"))
+    assert (mislas.train.mixer, mislas.mixers.mixup.alpha, mislas.train.gamma) == ("mixup", 1.0, 0.1)
+    assert (mislas.stage2.method, mislas.stage2.mislas.eps_head, mislas.stage2.mislas.eps_tail,
+            mislas.stage2.mislas.head_lr_factor) == ("mislas", 0.3, 0.0, 0.5)
+    wb = validate_params(compose_params(["recipe=weight_balancing"], ROOT / "conf"))
+    assert (wb.train.epochs, wb.train.batch_size, wb.train.lr, wb.train.weight_decay, wb.train.schedule) == \
+        (320, 64, 0.01, 5e-3, "cosine")
+    overridden = validate_params(compose_params(["recipe=ldam_drw", "train.epochs=10", "train.milestones=[8,9]",
+                                                 "losses.ldam.drw_epoch=8"], ROOT / "conf"))
+    assert overridden.train.epochs == 10 and overridden.loss == "ldam", "overrides apply on top of the recipe"
+
+
+def test_unknown_recipe_names_the_choices():
+    with pytest.raises(ConfigError, match="recipe 'ldam': unknown; valid choices: bbn, cifar_lt_ce, ldam_drw"):
+        compose_params(["recipe=ldam"], ROOT / "conf")
 
 
 @pytest.mark.parametrize("path, typo, message", [
