@@ -51,7 +51,7 @@ class EnsembleHead(nn.Module):
 
 
 def ensemble_heads(old: nn.Module, new: nn.Module, *, t_old: PosFloat, t_new: PosFloat) -> EnsembleHead:
-    """The ensemble of copies of the stage-1 head `old` and the stage-2 head `new`, in eval mode (nothing in it trains)."""
+    """The ensemble of copies of the stage-1 head `old` and the stage-2 head `new`, in eval mode (it never trains)."""
     ensemble = build_module(EnsembleHead, head_spec(old), head_spec(new), t_old=t_old, t_new=t_new)
     ensemble.old, ensemble.new = copy.deepcopy(old), copy.deepcopy(new)
     return ensemble.eval()
