@@ -101,7 +101,7 @@ def test_cifar_resnet_parameter_names_unchanged():
     assert keys[-1] == "blocks.2.bn2.num_batches_tracked"
 
 
-@pytest.mark.parametrize("k", [-2, 4, 1.0, True])
+@pytest.mark.parametrize("k", [-2, 4, 1.0, -1.0, True])
 def test_out_of_range_names_valid_range(k):
     with pytest.raises(ConfigError, match=r"\[-1, 3\]"):
         freeze_stages(cifar(), k)

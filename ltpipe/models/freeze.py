@@ -61,7 +61,7 @@ def check_freeze_stages(k: int, stages: int) -> int:
 def freeze_stages(backbone: nn.Module, k: Int) -> List[str]:
     """Freeze the stem and the first k stages (k = 0: the stem only; k = -1: nothing) and return the names of the
     frozen parameters. Frozen parameters stop requiring gradients; frozen BatchNorm layers stay in eval mode."""
-    if k == -1:
+    if type(k) is int and k == -1:  # needs no stage structure: any backbone can train everything
         return []
     groups = stage_groups(backbone)
     check_freeze_stages(k, len(groups) - 1)
