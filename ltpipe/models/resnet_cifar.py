@@ -5,6 +5,8 @@ global average pooling; option-A (parameter-free, zero-padded) shortcuts, so res
 """
 from __future__ import annotations
 
+from typing import Any, Dict
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,10 +50,21 @@ class CifarResNet(nn.Module):
                 blocks.append(BasicBlock(in_planes, planes, stride if i == 0 else 1))
                 in_planes = planes
         self.blocks = nn.Sequential(*blocks)
+        self.blocks_per_stage = n
         self.num_features = in_planes
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight)
+
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """timm's stage interface (see `timm.models.group_parameters`): the stem, then one group per stage (coarse)
+        or per block. The blocks stay one flat Sequential so that parameter names, and old checkpoints, are kept."""
+        stem = r"^conv1|^bn1"
+        if not coarse:
+            return dict(stem=stem, blocks=r"^blocks\.(\d+)")
+        n = self.blocks_per_stage
+        stages = [(rf"^blocks\.(?:{'|'.join(str(i) for i in range(s * n, (s + 1) * n))})\.", (s,)) for s in range(3)]
+        return dict(stem=stem, blocks=stages)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(F.relu(self.bn1(self.conv1(x))))
