@@ -7,13 +7,14 @@ keyword arguments are declared once, in its signature. Stages receive the valida
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Annotated, Any, Dict, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, create_model, field_validator, model_validator
 
 from ltpipe.errors import ConfigError
 from ltpipe.registry import BLOCK_CONFIG, Registry
-from ltpipe.types import Bool, Float, Milestones, NonNegFloat, NonNegInt, OpenUnitFloat, PosFloat, PosInt
+from ltpipe.types import Bool, Float, KwargsBlock, Milestones, NonNegFloat, NonNegInt, OpenUnitFloat, PosFloat, PosInt
 from ltpipe.validation import format_validation_error, relation_error
 
 SECTION_CONFIG = ConfigDict(extra="forbid", frozen=True)
@@ -63,16 +64,15 @@ class Evaluate(Section):
         return self
 
 
-class Model(Section):
-    backbone: str = "resnet8"
+PRETRAINED_DIR = "data/pretrained"
 
-    @field_validator("backbone")
-    @classmethod
-    def _known(cls, name: str) -> str:
-        from ltpipe.models import check_backbone
 
-        check_backbone(name)
-        return name
+class EnsembleParams(Section):
+    """stage2.ensemble: the old/new classifier ensemble (Du & Wu, CVPR 2023) on top of any stage-2 method."""
+
+    enabled: Bool = False
+    t_old: PosFloat = 1.0
+    t_new: PosFloat = 1.0
 
 
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
@@ -116,18 +116,63 @@ def params_model() -> type[BaseModel]:
     from ltpipe.samplers import SAMPLERS
     from ltpipe.train.schedule import SCHEDULES
 
+    from ltpipe.models import STAGE1_HEADS
+
     Dataset = blocks_model(SOURCES, "dataset", name=(SOURCES.name_type(), "digits"),
                            in_memory_max_size=(PosInt, 64))
     Augment = blocks_model(POLICIES, "train.augment", crop_padding=(NonNegInt, 1), flip=(Bool, False),
                            policy=(POLICIES.name_type(), "none"))
 
+    Heads = blocks_model(STAGE1_HEADS, "model.heads")
+
+    class Model(Section):
+        backbone: str = "resnet8"  # resnet8/20/32/44/56/110 or any timm model name
+        pretrained: Optional[str] = None  # a weights file under data/pretrained/ (a DVC dependency of stage 1)
+        freeze_stages: Annotated[int, Strict(), Field(ge=-1)] = -1  # -1: train all; 0: the stem; k: stem + k stages
+        head: STAGE1_HEADS.name_type() = "linear"  # type: ignore[valid-type]
+        heads: Heads = Field(default_factory=Heads)  # type: ignore[valid-type]
+
+        @field_validator("backbone")
+        @classmethod
+        def _known(cls, name: str) -> str:
+            from ltpipe.models import check_backbone
+
+            check_backbone(name)
+            return name
+
+        @field_validator("pretrained")
+        @classmethod
+        def _under_the_dependency_folder(cls, path: Optional[str]) -> Optional[str]:
+            if path is None:
+                return path
+            parts = Path(path).parts
+            if Path(path).is_absolute() or parts[:2] != tuple(PRETRAINED_DIR.split("/")) or ".." in parts:
+                raise ValueError(f"must be a file under {PRETRAINED_DIR}/ (that folder is a dependency of "
+                                 "train_backbone in dvc.yaml: replacing the file reruns stage 1)")
+            if not Path(path).is_file():
+                raise ValueError("no such file (put the weights file there, or set null)")
+            return path
+
+        @model_validator(mode="after")
+        def _stages_exist(self):
+            if self.freeze_stages >= 0:
+                from ltpipe.models.freeze import backbone_num_stages
+
+                stages = backbone_num_stages(self.backbone)
+                if self.freeze_stages > stages:
+                    raise relation_error("freeze_stages", self.freeze_stages,
+                                         f"{self.backbone} has {stages} stages; valid choices: -1 (train all), 0 "
+                                         f"(freeze the stem) .. {stages}")
+            return self
+
     class Train(Section):
         epochs: PosInt = 30
         batch_size: PosInt = 64
         eval_batch_size: PosInt = 256
+        optimizer: str = "sgd"  # sgd or any of timm's optimizers; its kwargs in optimizers.<name>
         lr: PosFloat = 0.05
+        layer_decay: Optional[Annotated[Float, Field(gt=0, le=1)]] = None  # layer-wise lr decay (BEiT) for fine-tuning
         momentum: OpenUnitFloat = 0.9
-        nesterov: Bool = False
         weight_decay: NonNegFloat = 5e-4
         warmup_epochs: NonNegInt = 2
         schedule: SCHEDULES.name_type() = "cosine"  # type: ignore[valid-type]
@@ -138,6 +183,15 @@ def params_model() -> type[BaseModel]:
         augment: Augment = Field(default_factory=Augment)  # type: ignore[valid-type]
         num_workers: NonNegInt = 0
         channels_last: Bool = False
+
+        @field_validator("optimizer")
+        @classmethod
+        def _known_optimizer(cls, name: str) -> str:
+            from ltpipe.train.optim import optimizer_names
+
+            if name not in optimizer_names():
+                raise ValueError(f"unknown optimizer {name!r}; valid choices: {', '.join(optimizer_names())}")
+            return name
 
         @model_validator(mode="after")
         def _schedule(self):
@@ -150,7 +204,8 @@ def params_model() -> type[BaseModel]:
             return self
 
     # stage2.seed: null uses the run seed; set it to repeat stage 2 on one cached stage 1 (the seed key would retrain).
-    Stage2 = blocks_model(STAGE2, "stage2", method=(STAGE2.name_type(), "crt"), seed=(Optional[NonNegInt], None))
+    Stage2 = blocks_model(STAGE2, "stage2", method=(STAGE2.name_type(), "crt"), seed=(Optional[NonNegInt], None),
+                          ensemble=(EnsembleParams, Field(default_factory=EnsembleParams)))
 
     class Params(Section):
         recipe: str = "none"  # the conf/recipe/ file that composed these params; informational, no stage reads it
@@ -163,6 +218,8 @@ def params_model() -> type[BaseModel]:
         losses: blocks_model(LOSSES, "losses") = Field(  # type: ignore[valid-type]
             default_factory=blocks_model(LOSSES, "losses"))
         train: Train = Field(default_factory=Train)
+        optimizers: Dict[str, KwargsBlock] = Field(default_factory=lambda: {
+            "sgd": {"nesterov": False}, "adamw": {"betas": [0.9, 0.999], "eps": 1e-8}})
         samplers: blocks_model(SAMPLERS, "samplers") = Field(  # type: ignore[valid-type]
             default_factory=blocks_model(SAMPLERS, "samplers"))
         mixers: blocks_model(MIXERS, "mixers") = Field(  # type: ignore[valid-type]
@@ -170,6 +227,31 @@ def params_model() -> type[BaseModel]:
         stage2: Stage2 = Field(default_factory=Stage2)  # type: ignore[valid-type]
         evaluate: Evaluate = Field(default_factory=Evaluate)
         runtime: RuntimeParams = Field(default_factory=RuntimeParams)
+
+        @model_validator(mode="after")
+        def _optimizer_kwargs(self):
+            from ltpipe.train.optim import check_optimizer
+
+            try:
+                check_optimizer(self.train.optimizer, self.optimizer_kwargs())
+            except ConfigError as err:
+                raise relation_error(f"optimizers.{self.train.optimizer}", self.optimizer_kwargs(), str(err)) from None
+            return self
+
+        @model_validator(mode="after")
+        def _head_fits_the_loss_and_stage2(self):
+            from ltpipe.losses import build_loss
+
+            needs_cosine = build_loss(self.loss, [2, 1], **self.loss_kwargs()).needs_normed_classifier
+            if needs_cosine != (self.model.head == "cosine") and (needs_cosine or self.model.head == "cosine"):
+                raise relation_error("model.head", self.model.head,
+                                     f"loss {self.loss!r} " + ("trains LDAM's cosine classifier: set model.head: cosine"
+                                                               if needs_cosine else
+                                                               "is not a cosine-margin loss: use model.head linear "
+                                                               "or causal (the cosine head is LDAM's)"))
+            if self.stage2.method == "tde" and self.model.head != "causal":
+                raise relation_error("stage2.method", "tde", "needs the causal head of stage 1: set model.head: causal")
+            return self
 
         @model_validator(mode="after")
         def _device_exists(self):
@@ -209,6 +291,12 @@ def params_model() -> type[BaseModel]:
 
         def policy_kwargs(self) -> Dict[str, Any]:
             return kwargs_of(self.train.augment, self.train.augment.policy)
+
+        def optimizer_kwargs(self) -> Dict[str, Any]:
+            return dict(self.optimizers.get(self.train.optimizer, {}))
+
+        def head_kwargs(self) -> Dict[str, Any]:
+            return kwargs_of(self.model.heads, self.model.head)
 
         def stage2_kwargs(self) -> Dict[str, Any]:
             return kwargs_of(self.stage2, self.stage2.method)

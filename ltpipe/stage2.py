@@ -6,6 +6,7 @@ import pandas as pd
 import torch
 
 from ltpipe.classifier import Stage2Data, fit_stage2
+from ltpipe.classifier.ensemble import ensemble_heads
 from ltpipe.models.heads import save_head
 from ltpipe.data.prepared import load_prepared
 from ltpipe.features import load_features
@@ -35,6 +36,10 @@ def retrain_classifier(params, prepared_dir, model_dir, features_dir, out_dir) -
         class_counts=list(prepared.class_counts), base_head=base_head,
         seed=params.seed if params.stage2.seed is None else params.stage2.seed)
     head, info = fit_stage2(method, data, **params.stage2_kwargs())
+    ensemble = params.stage2.ensemble
+    if ensemble.enabled:
+        head = ensemble_heads(base_head, head, t_old=ensemble.t_old, t_new=ensemble.t_new)
+        info["ensemble"] = {"t_old": ensemble.t_old, "t_new": ensemble.t_new}
     head.eval()
     out_dir = Path(out_dir)
     with torch.no_grad():

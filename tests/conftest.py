@@ -52,7 +52,7 @@ def project(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipeline")
     for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy(ROOT / name, tmp / name)
-    for name in ("stages", "ltpipe", "conf"):
+    for name in ("stages", "ltpipe", "conf", "data/pretrained"):
         shutil.copytree(ROOT / name, tmp / name, ignore=shutil.ignore_patterns("__pycache__"))
     set_defaults(tmp, TINY)
     run("git init -q && dvc init -q && dvc config core.analytics false && dvc config hydra.enabled true", tmp)

@@ -28,7 +28,7 @@ def test_unknown_backbone_lists_choices():
 
 def test_save_load_roundtrip(tmp_path):
     torch.manual_seed(0)
-    model = Classifier("resnet8", num_classes=5, in_chans=1, cosine=True).eval()
+    model = Classifier("resnet8", num_classes=5, in_chans=1, head="cosine").eval()
     save_classifier(tmp_path, model)
     again = load_classifier(tmp_path)
     x = torch.randn(3, 1, 8, 8)
@@ -48,7 +48,7 @@ def normed_linear(x, weight_in_out):
 
 def test_cosine_classifier_is_ldams_normed_linear():
     torch.manual_seed(0)
-    model = Classifier("resnet8", num_classes=5, in_chans=1, cosine=True).eval()
+    model = Classifier("resnet8", num_classes=5, in_chans=1, head="cosine").eval()
     assert model.head.bias is None
     features = model.backbone(torch.randn(4, 1, 8, 8)).detach()
     logits = model.head(features)

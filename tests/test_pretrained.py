@@ -97,7 +97,7 @@ def test_torchvision_resnet18_into_timm_resnet18(tmp_path, num_classes):
 
 def test_another_ltpipe_run(tmp_path):
     torch.manual_seed(4)
-    source = Classifier("resnet8", num_classes=5, in_chans=1, normalize_weight=True).eval()
+    source = Classifier("resnet8", num_classes=5, in_chans=1, head="cosine").eval()
     save_classifier(tmp_path / "stage1", source)
     model = target(num_classes=5, in_chans=1, backbone="resnet8")
     model.head.normalize_weight = True

@@ -197,3 +197,34 @@ def test_stage_exits_1_without_traceback_before_touching_outputs(tmp_path):
     assert out.returncode == 1, out.stderr
     assert out.stderr.startswith("error: params.yaml: the top level must be a mapping") and "Traceback" not in out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+@pytest.mark.parametrize("path, value, message", [
+    ("model.freeze_stages", 4, "model.freeze_stages: 4: resnet8 has 3 stages; valid choices: -1 (train all), 0 "
+                               "(freeze the stem) .. 3"),
+    ("model.freeze_stages", -2, "model.freeze_stages: -2: must be >= -1"),
+    ("model.pretrained", "weights.pt", "model.pretrained: 'weights.pt': must be a file under data/pretrained/"),
+    ("model.pretrained", "data/pretrained/missing.safetensors", "model.pretrained: "
+                                                               "'data/pretrained/missing.safetensors': no such file"),
+    ("model.head", "cosine", "model.head: 'cosine': loss 'ce' is not a cosine-margin loss"),
+    ("model.head", "arcface", "model.head: 'arcface': unknown classifier head 'arcface'; valid choices: causal, "
+                              "cosine, linear"),
+    ("train.optimizer", "adamx", "train.optimizer: 'adamx': unknown optimizer 'adamx'; valid choices: "),
+    ("stage2.method", "tde", "stage2.method: 'tde': needs the causal head of stage 1: set model.head: causal"),
+    ("stage2.ensemble.t_new", 0, "stage2.ensemble.t_new: 0: must be > 0"),
+    ("train.layer_decay", 1.5, "train.layer_decay: 1.5: must be <= 1"),
+])
+def test_fine_tuning_params_fail_before_training(path, value, message):
+    assert error_of(with_value(path, value)).startswith(message)
+
+
+def test_ldam_needs_the_cosine_head_and_optimizer_blocks_are_checked():
+    params = with_value("loss", "ldam")
+    assert error_of(params) == ("model.head: 'linear': loss 'ldam' trains LDAM's cosine classifier: "
+                                "set model.head: cosine")
+    params["model"]["head"] = "cosine"
+    assert validate_params(params).model.head == "cosine"
+    params = with_value("train.optimizer", "adamw")
+    params["optimizers"]["adamw"]["momentum_x"] = 1
+    assert error_of(params).startswith("optimizers.adamw: ")
+    assert "takes no parameter 'momentum_x'" in error_of(params)

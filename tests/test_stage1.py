@@ -121,6 +121,8 @@ def test_stage1_builds_the_classifier_the_loss_needs(params, prepared, tmp_path,
     monkeypatch.setattr(stage1, "_train_one_epoch", capture)
     chosen = copy.deepcopy(params)
     chosen["loss"] = loss
+    if loss == "ldam":
+        chosen["model"]["head"] = "cosine"  # the loss requires it: validation says so otherwise
     with pytest.raises(_Built) as built:
         train(chosen, prepared, tmp_path, loss)
     head = built.value.args[0].head

@@ -29,4 +29,4 @@ def fit_stage2(method: str, data: Stage2Data, **params: Any) -> Tuple[nn.Module,
 
 
 # Imported for their registrations in STAGE2 (and BBNHead's in HEADS).
-from ltpipe.classifier import bbn, crt, lws, mislas, ncm, tau_norm, weight_balancing  # noqa: E402,F401
+from ltpipe.classifier import bbn, crt, ensemble, lws, mislas, ncm, tau_norm, tde, weight_balancing  # noqa: E402,F401

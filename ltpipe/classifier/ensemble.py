@@ -43,6 +43,10 @@ class EnsembleHead(nn.Module):
     def kwargs(self) -> Dict[str, Any]:
         return dict(old=head_spec(self.old), new=head_spec(self.new), t_old=self.t_old, t_new=self.t_new)
 
+    def effective_weight(self) -> torch.Tensor:
+        """The retrained head's class vectors (what the weight-norm plot compares with stage 1)."""
+        return self.new.effective_weight()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         log_p = torch.stack([F.log_softmax(self.new(x) / self.t_new, dim=1),
                              F.log_softmax(self.old(x) / self.t_old, dim=1)])

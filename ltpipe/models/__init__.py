@@ -8,11 +8,13 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
+from ltpipe.models.causal import CausalNormHead
 from ltpipe.models.heads import LinearHead, classifier_kwargs
 from ltpipe.errors import ConfigError
 from ltpipe.io import load_tensors, save_tensors, write_json
 from ltpipe.models.resnet_cifar import CifarResNet
 from ltpipe.registry import Registry
+from ltpipe.types import NonNegFloat, PosFloat, PosInt, UnitFloat
 
 BACKBONES = Registry("backbone", fixed=("in_chans",))
 
@@ -57,21 +59,49 @@ def build_backbone(name: str, in_chans: int) -> nn.Module:
     return timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans)
 
 
+# The classifier heads stage 1 trains, by name (model.head); their keyword arguments are the model.heads.<name> block.
+STAGE1_HEADS = Registry("classifier head", fixed=("in_features", "num_classes"))
+HeadName = STAGE1_HEADS.name_type()
+
+
+@STAGE1_HEADS.register("linear")
+def linear_head(in_features: int, num_classes: int) -> nn.Module:
+    """nn.Linear: logits = W x + b."""
+    return LinearHead(in_features, num_classes, **classifier_kwargs(cosine=False))
+
+
+@STAGE1_HEADS.register("cosine")
+def cosine_head(in_features: int, num_classes: int) -> nn.Module:
+    """LDAM's NormedLinear (Cao et al., NeurIPS 2019): logits = cos(x, w_j) = x/||x|| . w_j/||w_j||, no bias."""
+    return LinearHead(in_features, num_classes, **classifier_kwargs(cosine=True))
+
+
+@STAGE1_HEADS.register("causal")
+def causal_head(in_features: int, num_classes: int, *, num_heads: PosInt = 2, tau: PosFloat = 16.0,
+                gamma: NonNegFloat = 0.03125, momentum: UnitFloat = 0.9) -> nn.Module:
+    """The causal-TDE classifier (Tang et al., NeurIPS 2020): z = sum_k (tau/K) <x_k/||x_k||, w_k/(||w_k||+gamma)>,
+    with a moving average of the training features; stage 1 trains and validates with alpha 0 (plain logits), the
+    TDE inference is stage 2's `tde` method, so its alpha never retrains stage 1."""
+    return CausalNormHead(in_features, num_classes, num_heads=num_heads, tau=tau, gamma=gamma, alpha=0.0,
+                          momentum=momentum)
+
+
 class Classifier(nn.Module):
-    """backbone -> features -> head: nn.Linear, or with `cosine` LDAM's NormedLinear (logits cos(x, w_j), no bias).
+    """backbone -> features -> head (`head` from STAGE1_HEADS with `head_kwargs`).
 
     `initial_bias` (not part of the saved config: it only shapes the init) is the constant the head's bias starts at,
-    e.g. the class prior of a sigmoid loss; None keeps nn.Linear's init.
+    e.g. the class prior of a sigmoid loss; None (or a head without bias) keeps the head's own init.
     """
 
-    def __init__(self, backbone: str, num_classes: int, in_chans: int, cosine: bool = False,
-                 initial_bias: Optional[float] = None):
+    def __init__(self, backbone: str, num_classes: int, in_chans: int, head: str = "linear",
+                 head_kwargs: Optional[Dict[str, Any]] = None, initial_bias: Optional[float] = None):
         super().__init__()
-        self.config: Dict[str, Any] = dict(backbone=backbone, num_classes=num_classes, in_chans=in_chans,
-                                           cosine=cosine)
+        head_kwargs = dict(head_kwargs or {})
+        self.config: Dict[str, Any] = dict(backbone=backbone, num_classes=num_classes, in_chans=in_chans, head=head,
+                                           head_kwargs=head_kwargs)
         self.backbone = build_backbone(backbone, in_chans)
-        self.head = LinearHead(self.backbone.num_features, num_classes, **classifier_kwargs(cosine))
-        if initial_bias is not None and self.head.bias is not None:
+        self.head = STAGE1_HEADS.build(head, self.backbone.num_features, num_classes, **head_kwargs)
+        if initial_bias is not None and getattr(self.head, "bias", None) is not None:
             nn.init.constant_(self.head.bias, initial_bias)
 
     def forward(self, x: torch.Tensor, return_features: bool = False):

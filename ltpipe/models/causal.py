@@ -33,7 +33,7 @@ def _l2_normalize(x: torch.Tensor) -> torch.Tensor:
     return x / torch.norm(x, 2, 1, keepdim=True).clamp_min(_EPS)
 
 
-@HEADS.register("tde")
+@HEADS.register("causal")
 class CausalNormHead(nn.Module):
     """Cosine-style multi-head classifier with de-confounded (TDE) inference; no bias, as in the authors' code."""
 
@@ -42,7 +42,7 @@ class CausalNormHead(nn.Module):
         super().__init__()
         if in_features % num_heads:
             divisors = [str(k) for k in range(1, in_features + 1) if not in_features % k]
-            raise ConfigError(f"tde head: num_heads={num_heads} must divide the feature dimension {in_features}; "
+            raise ConfigError(f"causal head: num_heads={num_heads} must divide the feature dimension {in_features}; "
                               f"valid choices: {', '.join(divisors)}")
         self.in_features, self.num_classes, self.num_heads = in_features, num_classes, num_heads
         self.tau, self.gamma, self.alpha, self.momentum = tau, gamma, alpha, momentum
@@ -62,6 +62,10 @@ class CausalNormHead(nn.Module):
 
     def _per_head(self, fn, t: torch.Tensor) -> torch.Tensor:
         return torch.cat([fn(part) for part in self._split(t)], dim=1)
+
+    def effective_weight(self) -> torch.Tensor:
+        """The class vectors the logits use (per-head causal_norm), e.g. for the weight-norm plot."""
+        return self.normed_weight()
 
     def normed_weight(self) -> torch.Tensor:
         """w_ck / (||w_ck|| + gamma) per head: the authors' causal_norm."""

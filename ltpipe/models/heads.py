@@ -79,6 +79,7 @@ def load_head(path) -> nn.Module:
     from safetensors import safe_open
 
     import ltpipe.classifier  # noqa: F401  (registers the stage-2 heads, e.g. BBN's, in HEADS)
+    import ltpipe.models.causal  # noqa: F401  (the causal-TDE head)
 
     with safe_open(str(path), framework="pt") as f:
         meta: Dict[str, Any] = f.metadata()

@@ -66,7 +66,14 @@ def build_sgd(params, *, lr: float, momentum: float, weight_decay: float, nester
                           f"weight_decay={weight_decay}, momentum={momentum}")
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
                                 nesterov=nesterov and momentum > 0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
+    return optimizer, build_scheduler(optimizer, steps_per_epoch=steps_per_epoch, epochs=epochs,
+                                      warmup_epochs=warmup_epochs, schedule=schedule, milestones=milestones,
+                                      gamma=gamma)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, *, steps_per_epoch: int, epochs: int, warmup_epochs: int,
+                    schedule: str, milestones: Sequence[int] = (), gamma: float = 0.1):
+    """A per-step LambdaLR: every param group's own initial lr (e.g. after layer decay) times `lr_lambda`."""
+    return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(steps_per_epoch=steps_per_epoch, epochs=epochs, warmup_epochs=warmup_epochs,
                              schedule=schedule, milestones=milestones, gamma=gamma))
-    return optimizer, scheduler

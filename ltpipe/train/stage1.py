@@ -15,16 +15,20 @@ from ltpipe.data.loader import BatchLoader
 from ltpipe.data.prepared import load_prepared
 from ltpipe.losses import build_loss
 from ltpipe.mixing import build_mixer
+from ltpipe.io import write_json
 from ltpipe.models import Classifier, save_classifier
+from ltpipe.models.freeze import freeze_stages
+from ltpipe.models.pretrained import load_pretrained
 from ltpipe.runtime import Runtime, under_torchrun
 from ltpipe.samplers import build_sampler
 from ltpipe.schema import as_params
 from ltpipe.train.checkpoint import checkpoint_path, fingerprint, load_checkpoint, save_checkpoint
-from ltpipe.train.schedule import build_sgd
+from ltpipe.train.optim import build_optimizer
+from ltpipe.train.schedule import build_scheduler
 
 # The sections a stage-1 result depends on (the run fingerprint hashes them); runtime.device and the number of
 # processes are left out on purpose, so a run interrupted on one GPU count can resume on another.
-STAGE1_PARAMS = ("seed", "loss", "losses", "model", "train", "samplers", "mixers")
+STAGE1_PARAMS = ("seed", "loss", "losses", "model", "train", "optimizers", "samplers", "mixers")
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -73,19 +77,28 @@ def _train(params, runtime: Runtime, prepared_dir, out_dir, live_dir, resume_dir
     val_loader = BatchLoader(val, batch_size=cfg.eval_batch_size, train=False, **loader_kw)
 
     torch.manual_seed(seed)
-    model = Classifier(params.model.backbone, num_classes, int(prepared.info["channels"]),
-                       cosine=loss_fn.needs_normed_classifier, initial_bias=loss_fn.initial_bias).to(runtime.device)
+    model = Classifier(params.model.backbone, num_classes, int(prepared.info["channels"]), head=params.model.head,
+                       head_kwargs=params.head_kwargs(), initial_bias=loss_fn.initial_bias)
+    pretrained = None
+    if params.model.pretrained is not None:
+        pretrained = load_pretrained(params.model.pretrained, model.backbone, model.head)
+        if runtime.is_main:
+            print(f"pretrained weights: {pretrained.summary()}")
+    frozen = freeze_stages(model.backbone, params.model.freeze_stages)
+    model = model.to(runtime.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     epochs = cfg.epochs
     steps_per_epoch = math.ceil(len(train.labels) / cfg.batch_size)
-    optimizer, scheduler = build_sgd(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov,
-        steps_per_epoch=steps_per_epoch, epochs=epochs, warmup_epochs=cfg.warmup_epochs, schedule=cfg.schedule,
-        milestones=list(cfg.milestones), gamma=cfg.gamma)
+    optimizer = build_optimizer(model, name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                momentum=cfg.momentum, layer_decay=cfg.layer_decay, opt_kwargs=params.optimizer_kwargs())
+    scheduler = build_scheduler(optimizer, steps_per_epoch=steps_per_epoch, epochs=epochs,
+                                warmup_epochs=cfg.warmup_epochs, schedule=cfg.schedule, milestones=list(cfg.milestones),
+                                gamma=cfg.gamma)
     scaler = runtime.grad_scaler()
 
-    run_id = fingerprint(params.section(*STAGE1_PARAMS), [p for p in Path(prepared_dir).iterdir() if p.is_file()])
+    inputs = [p for p in Path(prepared_dir).iterdir() if p.is_file()]
+    run_id = fingerprint(params.section(*STAGE1_PARAMS), inputs + ([Path(params.model.pretrained)] if pretrained else []))
     history: List[Dict[str, float]] = []
     start_epoch = 0
     ckpt = checkpoint_path(run_id, resume_dir)
@@ -100,6 +113,9 @@ def _train(params, runtime: Runtime, prepared_dir, out_dir, live_dir, resume_dir
         if runtime.is_main:
             print(f"resuming stage 1 from epoch {start_epoch}/{epochs} ({ckpt})")
     trained = runtime.wrap_for_training(model)
+    if params.model.freeze_stages >= 0:
+        # SyncBatchNorm conversion replaces BatchNorm modules: pin the frozen ones to eval mode again.
+        freeze_stages(model.backbone, params.model.freeze_stages)
 
     # DVC deletes the stage's outputs before running it, so a resumed run replays the saved history into a new log.
     live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None) if runtime.is_main else None
@@ -122,6 +138,9 @@ def _train(params, runtime: Runtime, prepared_dir, out_dir, live_dir, resume_dir
     if runtime.is_main:
         live.end()
         save_classifier(out_dir, model.to(memory_format=torch.contiguous_format))
+        # What the starting point was: the pretrained file's loaded / dropped / missing keys and the frozen tensors.
+        write_json(Path(out_dir) / "init.json", {"pretrained": pretrained.to_dict() if pretrained else None,
+                                                 "frozen": frozen})
         ckpt.unlink(missing_ok=True)
     runtime.barrier()
 
