@@ -2,7 +2,6 @@
 finished epoch when it is queued again (the checkpoint lives in LTPIPE_RESUME_DIR, keyed by the run's fingerprint)."""
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,14 +14,15 @@ pytestmark = pytest.mark.slow
 SETS = "-S train.epochs=60 -S train.lr=0.031 -S train.warmup_epochs=1"
 
 
-def wait_for(condition, timeout, what):
+def wait_for(condition, timeout, what, cwd=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    status = run("dvc queue status", cwd, check=False).stdout if cwd else ""
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{status}")
 
 
 def checkpoint_epoch(resume: Path):
@@ -32,6 +32,19 @@ def checkpoint_epoch(resume: Path):
         except Exception:  # being replaced right now
             return None
     return None
+
+
+def stage1_pids(tmp: Path):
+    """Stage-1 processes running in this project's DVC temp folders (never another training on the machine)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"stages.train_backbone" in (proc / "cmdline").read_bytes() and \
+                    str((proc / "cwd").resolve()).startswith(str(tmp.resolve())):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
 
 
 def queue_idle(tmp):
@@ -45,11 +58,12 @@ def test_killed_queued_experiment_resumes_from_its_checkpoint(project):
     try:
         run(f"dvc exp run --queue -n first {SETS}", tmp)
         run("dvc queue start", tmp)
-        _, epoch = wait_for(lambda: (c := checkpoint_epoch(resume)) and c[1] >= 3 and c, 300, "epoch 3 checkpoint")
-        pid = subprocess.run(["pgrep", "-f", "stages.train_backbone"], capture_output=True, text=True).stdout.split()
-        assert pid, "stage 1 is running in the queue worker"
-        for p in pid:
-            os.kill(int(p), signal.SIGKILL)
+        _, epoch = wait_for(lambda: (c := checkpoint_epoch(resume)) and c[1] >= 3 and c, 300, "epoch 3 checkpoint",
+                            tmp)
+        pids = stage1_pids(tmp)
+        assert pids, "stage 1 is running in the queue worker"
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
         wait_for(lambda: queue_idle(tmp), 120, "the killed task to end")
         assert "Failed" in run("dvc queue status", tmp).stdout
         path, killed_at = wait_for(lambda: checkpoint_epoch(resume), 5, "the checkpoint to survive the failed task")
