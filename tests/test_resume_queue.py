@@ -2,6 +2,7 @@
 finished epoch when it is queued again (the checkpoint lives in LTPIPE_RESUME_DIR, keyed by the run's fingerprint)."""
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -47,6 +48,14 @@ def stage1_pids(tmp: Path):
     return found
 
 
+def start_queue(tmp: Path) -> None:
+    """`dvc queue start`, its output to a file: the worker it detaches inherits the output, so a captured pipe would
+    stay open (and the call block) until the worker exits, i.e. until the queue has run."""
+    with (tmp.parent / "queue-start.log").open("w") as log:
+        env = dict(os.environ, PYTHONPATH=str(tmp), DVC_NO_ANALYTICS="1")
+        subprocess.run(["dvc", "queue", "start"], cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+
+
 def queue_idle(tmp):
     status = run("dvc queue status", tmp, check=False).stdout
     return "Running" not in status and "Queued" not in status
@@ -57,7 +66,7 @@ def test_killed_queued_experiment_resumes_from_its_checkpoint(project):
     resume = Path(os.environ["LTPIPE_RESUME_DIR"])
     try:
         run(f"dvc exp run --queue -n first {SETS}", tmp)
-        run("dvc queue start", tmp)
+        start_queue(tmp)
         _, epoch = wait_for(lambda: (c := checkpoint_epoch(resume)) and c[1] >= 3 and c, 300, "epoch 3 checkpoint",
                             tmp)
         pids = stage1_pids(tmp)
@@ -70,7 +79,7 @@ def test_killed_queued_experiment_resumes_from_its_checkpoint(project):
         assert killed_at >= epoch
 
         run(f"dvc exp run --queue -n second {SETS}", tmp)
-        run("dvc queue start", tmp)
+        start_queue(tmp)
         wait_for(lambda: queue_idle(tmp), 300, "the re-queued experiment")
         logs = run("dvc queue logs second", tmp).stdout
         assert f"resuming stage 1 from epoch {killed_at}/60" in logs, logs[-3000:]
