@@ -54,6 +54,8 @@ def test_label_csv_subset_keeps_rows_of_the_matrix(tmp_path):
     ("a.jpg,cat\n\nb.jpg,cat|cow\n", ":4:", "'cow' is not a class"),
     ("a.jpg,cat\nb.jpg,\n", ":3:", "'b.jpg' has no labels"),
     ("a.jpg,cat\nb.jpg, | \n", ":3:", "'b.jpg' has no labels"),
+    ("a.jpg,cat\nb.jpg\n", ":3:", "'b.jpg' has no labels"),
+    ("a.jpg,cat\n,dog\n", ":3:", "the path is empty"),
 ])
 def test_label_csv_errors_name_file_and_line(tmp_path, body, where, what):
     train = write(tmp_path / "train.csv", "path,labels\n" + body)

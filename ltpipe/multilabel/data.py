@@ -79,6 +79,9 @@ def read_label_csv(path: Path, classes: Sequence[str] | None) -> Tuple[List[str]
     table = table[(table["path"].str.strip() != "") | (table["labels"].str.strip() != "")]
     if table.empty:
         raise ConfigError(f"{path}: the label list has no entries")
+    no_path = np.flatnonzero(table["path"].str.strip() == "")
+    if len(no_path):
+        raise ConfigError(f"{path}:{lines[table.index[no_path[0]]]}: the path is empty; each line is <path>,<labels>")
     names = table["labels"].str.split(LABEL_SEPARATOR, regex=False).explode().str.strip()
     names = names[names != ""]
     if classes is None:
@@ -151,11 +154,12 @@ def read_coco_instances(path: Path) -> Tuple[List[str], List[str], np.ndarray, L
         raise ConfigError(f"{path}: image id {int(ids[np.argmax(counts > 1)])} appears more than once in images")
     rows = pd.Index(image_ids).get_indexer(ann_images)
     cols = pd.Index([cid for cid, _ in categories]).get_indexer(ann_categories)
-    for what, index, values in (("image_id", rows, ann_images), ("category_id", cols, ann_categories)):
+    for what, index, values, known in (("image_id", rows, ann_images, "images"),
+                                       ("category_id", cols, ann_categories, "categories")):
         if (index < 0).any():
             k = int(np.argmax(index < 0))
             raise ConfigError(f"{path}: annotations[{k}] (image id {int(ann_images[k])}) has {what} "
-                              f"{int(values[k])}, which is not among the {'images' if what == 'image_id' else 'categories'}")
+                              f"{int(values[k])}, which is not among the {known}")
     targets = np.zeros((len(files), len(categories)), dtype=bool)
     targets[rows, cols] = True
     labeled = targets.any(axis=1)

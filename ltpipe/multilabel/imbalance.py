@@ -19,8 +19,6 @@ from ltpipe.multilabel.data import check_every_class_present, class_counts
 from ltpipe.multilabel.validate import typed_kwargs
 from ltpipe.types import Int, OpenUnitFloat, PosFloat, PosInt
 
-PROFILES = ("pareto", "none")
-
 
 @dataclass
 class MultiLabelSubset:

@@ -28,7 +28,6 @@ from ltpipe.registry import Registry, as_kwargs
 from ltpipe.types import Bool, Milestones, NonNegFloat, OpenUnitFloat, PosFloat, PosInt
 
 MULTILABEL_STAGE2 = Registry("multi-label stage-2 method")
-TAU_CRITERIA = ("map", "micro_f1")
 
 
 @dataclass
