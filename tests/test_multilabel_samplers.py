@@ -4,12 +4,19 @@ import pytest
 import torch
 
 from ltpipe.errors import ConfigError
-from ltpipe.multilabel.samplers import MULTILABEL_SAMPLERS, ClassAwareSampler, build_multilabel_sampler
+from ltpipe.samplers import SAMPLERS, ClassAwareSampler, build_sampler
 
 T = 10
 # per-class label probability: long-tailed, class 4 never present (it must never be picked)
 PROBS = torch.tensor([0.6, 0.25, 0.08, 0.02, 0.0, 0.04])
 C = len(PROBS)
+
+
+def build_multilabel_sampler(name, targets, **params):
+    """The samplers take an (N, C) multi-hot matrix where they take 1-D labels; the DB code's 3 images per class."""
+    if name == "class_aware":
+        params.setdefault("samples_per_class", 3)
+    return build_sampler(name, targets, targets.shape[1], **params)
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +27,7 @@ def targets():
     return y
 
 
-@pytest.mark.parametrize("name", MULTILABEL_SAMPLERS.names())
+@pytest.mark.parametrize("name", SAMPLERS.names("multilabel"))
 def test_smoke_and_determinism(name, targets):
     sampler = build_multilabel_sampler(name, targets)
     a = sampler.epoch_indices(3, T, seed=1)
@@ -79,7 +86,7 @@ def test_class_aware_members_are_uniform_over_many_epochs():
     y = torch.zeros(12, 2, dtype=torch.bool)
     y[:9, 0] = True  # class 0: images 0..8
     y[7:, 1] = True  # class 1: images 7..11 (7 and 8 hold both)
-    sampler = build_multilabel_sampler("class_aware", y, num_samples_cls=1)
+    sampler = build_multilabel_sampler("class_aware", y, samples_per_class=1)
     draws = [sampler.epoch_draws(e, 400, seed=0) for e in range(400)]
     classes = torch.cat([c for c, _ in draws])
     idx = torch.cat([i for _, i in draws])
@@ -90,25 +97,29 @@ def test_class_aware_members_are_uniform_over_many_epochs():
 
 
 def test_class_aware_epoch_length_and_kwargs(targets):
-    sampler = build_multilabel_sampler("class_aware", targets, num_samples_cls=4, num_samples=50)
+    assert SAMPLERS.names("multilabel") == ["class_aware", "instance"]
+    sampler = build_multilabel_sampler("class_aware", targets, samples_per_class=4, reduce=4)
+    # the DB code's epoch: int(max_j n_j * C / reduce) draws
+    assert len(sampler) == int(int(targets.sum(0).max()) * C / 4)
     classes, idx = sampler.epoch_draws(0, T, seed=0)
-    assert len(sampler) == 50 and idx.shape == classes.shape == (50,)
-    assert (classes[:48].view(-1, 4) == classes[:48].view(-1, 4)[:, :1]).all()
-    with pytest.raises(ConfigError, match="num_samples_cls=0"):
-        build_multilabel_sampler("class_aware", targets, num_samples_cls=0)
-    with pytest.raises(ConfigError, match="takes no parameter 'q'; valid parameters: num_samples_cls, num_samples"):
+    assert idx.shape == classes.shape == (len(sampler),) and len(sampler) != len(targets)
+    assert (classes[:len(sampler) // 4 * 4].view(-1, 4) == classes[:len(sampler) // 4 * 4].view(-1, 4)[:, :1]).all()
+    with pytest.raises(ConfigError, match="samples_per_class: 0: must be >= 1"):
+        build_multilabel_sampler("class_aware", targets, samples_per_class=0)
+    with pytest.raises(ConfigError, match="sampler 'class_aware': q: unknown key"):
         build_multilabel_sampler("class_aware", targets, q=0.5)
     assert isinstance(build_multilabel_sampler("class_aware", targets), ClassAwareSampler)
 
 
 @pytest.mark.parametrize("bad, match", [
-    (torch.ones(5), r"non-empty \(N, C\) multi-hot matrix"),
+    (torch.ones(5, 3), r"\(N, 2\) multi-hot matrix"),
     (torch.full((4, 2), 2), "every entry 0 or 1"),
-    (torch.zeros(4, 2), "no label at all"),
+    (torch.tensor([[1, 0], [0, 0]]), "row 1 has no label"),
+    (torch.zeros(0, 2), "at least one image"),
 ])
 def test_target_errors(bad, match):
     with pytest.raises(ConfigError, match=match):
-        build_multilabel_sampler("class_aware", bad)
+        build_sampler("class_aware", bad, 2)
 
 
 def test_epoch_errors(targets):
