@@ -1,10 +1,13 @@
-"""Multi-label losses on logits (N, C) and multi-hot targets (N, C), selected by name from MULTILABEL_LOSSES.
+"""Multi-label losses on logits (N, C) and multi-hot targets (N, C), registered in `ltpipe.losses.LOSSES` for the
+multilabel task (so `loss:` and `stage2.<method>.loss` select them by name like any loss).
 
-Every loss computes an element-wise binary loss e_ij (`elementwise`) and returns per-sample values l_i = mean_j e_ij
-or sum_j e_ij (`class_reduction`), chosen so that the batch mean of l reproduces the reference implementation's
-training loss: the DB code averages over all N*C elements (mmcv's parse_losses takes .mean() of the unreduced
-ResampleLoss output), as torch's BCEWithLogitsLoss does by default. ASL sums over all elements (`-loss.sum()` in
-Alibaba-MIIL/ASL), so its l_i sums over classes and the reference value is the batch SUM of l, not its mean.
+Every loss computes an element-wise binary loss e_ij (`elementwise`) and per-sample values l_i = mean_j e_ij or
+sum_j e_ij (`class_reduction`, `per_sample`); calling the loss returns the batch mean of l, the scalar the training
+loops minimise. The DB code averages over all N*C elements (mmcv's parse_losses takes .mean() of the unreduced
+ResampleLoss output), as torch's BCEWithLogitsLoss does by default: the batch mean of l_i = mean_j e_ij is that value.
+ASL sums over all elements (`-loss.sum()` in Alibaba-MIIL/ASL): its l_i sums over classes and the reference value is
+B times the batch mean trained here (B the batch size; Adam, ASL's optimizer, is invariant to that factor, SGD takes
+it as a B-times larger learning rate).
 
 Factories take `(class_counts, num_images, *, kwargs)`: class_counts[j] is the number of training images holding
 class j (an image with k labels counts in k classes), num_images the number N of training images.
@@ -18,12 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ltpipe.errors import ConfigError
-from ltpipe.losses import check_class_counts, class_balanced_weights
-from ltpipe.multilabel.validate import typed_kwargs
-from ltpipe.registry import Registry
+from ltpipe.losses import LOSSES, check_class_counts, class_balanced_weights
 from ltpipe.types import Float, NonNegFloat, OpenUnitFloat, PosFloat, UnitFloat
 
-MULTILABEL_LOSSES = Registry("multi-label loss")
+MULTILABEL = ("multilabel",)
 # ASL's clamp on probabilities before the log (AsymmetricLoss eps): it caps each term at -log(1e-8) ~ 18.4.
 ASL_EPS = 1e-8
 
@@ -35,10 +36,14 @@ def _one_minus_p_t(bce: torch.Tensor) -> torch.Tensor:
 
 
 class MultiLabelLoss(nn.Module):
-    """Base: per-sample l_i = reduce_j e_ij of `elementwise` (plain BCE here) under `class_reduction`."""
+    """Base: per-sample l_i = reduce_j e_ij of `elementwise` (plain BCE here) under `class_reduction`; the call
+    returns the batch mean of l, with the call signature and attributes of `ltpipe.losses.LTLoss`."""
 
     class_reduction: str = "mean"
-    needs_features: bool = False  # same interface as ltpipe.losses.LTLoss, for training loops that check it
+    # The attributes training loops read from every loss: a linear classifier with its own bias init, no features.
+    needs_features: bool = False
+    needs_normed_classifier: bool = False
+    initial_bias = None
 
     def __init__(self, class_counts: Sequence[int], num_images: int):
         super().__init__()
@@ -64,7 +69,17 @@ class MultiLabelLoss(nn.Module):
         """(N, C) element losses e_ij; `targets` is already a 0/1 tensor of the logits' dtype."""
         return F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, features: torch.Tensor | None = None,
+                target_b: torch.Tensor | None = None, lam: torch.Tensor | None = None) -> torch.Tensor:
+        """The scalar batch loss mean_i l_i. A mixed batch (target_b, per-sample lam (N,)) gives
+        mean_i [lam_i l_i(target) + (1 - lam_i) l_i(target_b)]; an unmixed one passes target_b = target or None."""
+        loss = self.per_sample(logits, target)
+        if target_b is not None and target_b is not target:
+            lam = lam.to(loss)
+            loss = lam * loss + (1 - lam) * self.per_sample(logits, target_b)
+        return loss.mean()
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """(N,) per-sample losses for logits (N, C) and multi-hot targets (N, C) (bool, integer or 0/1 float)."""
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[1] != self.num_classes \
                 or not logits.is_floating_point():
@@ -170,14 +185,13 @@ class AsymmetricLoss(MultiLabelLoss):
 
 
 # --------------------------------------------------------------------------------------------------- the registry
-@MULTILABEL_LOSSES.register("bce")
+@LOSSES.register("bce", tasks=MULTILABEL)
 def bce(class_counts: Sequence[int], num_images: int) -> MultiLabelLoss:
     """Binary cross-entropy on each class's sigmoid: e = -[y log p + (1 - y) log(1 - p)], mean over classes."""
     return MultiLabelLoss(class_counts, num_images)
 
 
-@MULTILABEL_LOSSES.register("focal_bce")
-@typed_kwargs
+@LOSSES.register("focal_bce", tasks=MULTILABEL)
 def focal_bce(class_counts: Sequence[int], num_images: int, *, gamma: NonNegFloat = 2.0,
               alpha: UnitFloat | None = 0.25) -> MultiLabelLoss:
     """Lin et al., "Focal Loss for Dense Object Detection" (ICCV 2017): e = -alpha_t (1 - p_t)^gamma log p_t
@@ -185,8 +199,7 @@ def focal_bce(class_counts: Sequence[int], num_images: int, *, gamma: NonNegFloa
     return FocalBCE(class_counts, num_images, gamma=gamma, alpha=alpha)
 
 
-@MULTILABEL_LOSSES.register("cb_bce")
-@typed_kwargs
+@LOSSES.register("cb_bce", tasks=MULTILABEL)
 def cb_bce(class_counts: Sequence[int], num_images: int, *, beta: OpenUnitFloat = 0.9999,
            gamma: NonNegFloat = 0.0) -> MultiLabelLoss:
     """Cui et al., "Class-Balanced Loss Based on Effective Number of Samples" (CVPR 2019), per class:
@@ -195,8 +208,7 @@ def cb_bce(class_counts: Sequence[int], num_images: int, *, beta: OpenUnitFloat 
                     class_weights=class_balanced_weights(class_counts, beta).float())
 
 
-@MULTILABEL_LOSSES.register("db")
-@typed_kwargs
+@LOSSES.register("db", tasks=MULTILABEL)
 def db(class_counts: Sequence[int], num_images: int, *, alpha: NonNegFloat = 0.1, beta: NonNegFloat = 10.0,
        mu: Float = 0.3, kappa: NonNegFloat = 0.05, lam: PosFloat = 5.0, gamma: NonNegFloat = 2.0,
        balance_param: PosFloat = 2.0) -> MultiLabelLoss:
@@ -207,17 +219,10 @@ def db(class_counts: Sequence[int], num_images: int, *, alpha: NonNegFloat = 0.1
                                     gamma=gamma, balance_param=balance_param)
 
 
-@MULTILABEL_LOSSES.register("asl")
-@typed_kwargs
+@LOSSES.register("asl", tasks=MULTILABEL)
 def asl(class_counts: Sequence[int], num_images: int, *, gamma_pos: NonNegFloat = 0.0, gamma_neg: NonNegFloat = 4.0,
         clip: UnitFloat = 0.05) -> MultiLabelLoss:
     """Ridnik et al., "Asymmetric Loss For Multi-Label Classification" (ICCV 2021):
     e = -[y (1-p)^g+ log p + (1-y) p_m^g- log(1-p_m)], p_m = max(p - clip, 0), summed over classes.
     Defaults: the repository's train.py (the class's own default gamma_pos is 1)."""
     return AsymmetricLoss(class_counts, num_images, gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip)
-
-
-def build_multilabel_loss(name: str, class_counts: Sequence[int], num_images: int, **params) -> MultiLabelLoss:
-    """Loss `name` from MULTILABEL_LOSSES; unknown names or parameters raise ConfigError listing the valid ones."""
-    MULTILABEL_LOSSES.check_kwargs(name, params, fixed=("class_counts", "num_images"))
-    return MULTILABEL_LOSSES.build(name, class_counts, num_images, **params)
