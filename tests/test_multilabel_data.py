@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from ltpipe.errors import ConfigError
-from ltpipe.multilabel.data import (MULTILABEL_SOURCES, MultiLabelSource, class_counts, exp_profile, make_mosaics,
-                                    mosaic_digits)
+from ltpipe.data.sources import SOURCES
+from ltpipe.multilabel.data import MultiLabelSource, class_counts, exp_profile, make_mosaics, mosaic_digits
 
 
 def write(path, text):
@@ -21,7 +21,7 @@ def test_label_csv_multi_hot_with_spaces_blank_lines_and_derived_classes(tmp_pat
                                           "\n"
                                           "b.jpg, dog \n"
                                           "c.jpg,dog|person|dog\n")
-    source = MULTILABEL_SOURCES.build("label_csv", root=str(tmp_path), train_list=train)
+    source = SOURCES.build("label_csv", root=str(tmp_path), train_list=train)
     assert isinstance(source, MultiLabelSource)
     assert source.classes == ["dog", "person", "traffic light"]
     split = source.splits["train"]
@@ -35,7 +35,7 @@ def test_label_csv_multi_hot_with_spaces_blank_lines_and_derived_classes(tmp_pat
 def test_label_csv_given_classes_fix_the_order_and_val_may_miss_a_class(tmp_path):
     train = write(tmp_path / "train.csv", "path,labels\na.jpg,cat\nb.jpg,ant|cat\n")
     val = write(tmp_path / "val.csv", "path,labels\nc.jpg,cat\n")
-    source = MULTILABEL_SOURCES.build("label_csv", root=str(tmp_path), train_list=train, val_list=val,
+    source = SOURCES.build("label_csv", root=str(tmp_path), train_list=train, val_list=val,
                                       classes=["cat", "ant"])
     assert source.classes == ["cat", "ant"]
     np.testing.assert_array_equal(source.splits["train"].labels, [[1, 0], [1, 1]])
@@ -44,7 +44,7 @@ def test_label_csv_given_classes_fix_the_order_and_val_may_miss_a_class(tmp_path
 
 def test_label_csv_subset_keeps_rows_of_the_matrix(tmp_path):
     train = write(tmp_path / "train.csv", "path,labels\na.jpg,x\nb.jpg,y\nc.jpg,x|y\n")
-    split = MULTILABEL_SOURCES.build("label_csv", root=str(tmp_path), train_list=train).splits["train"]
+    split = SOURCES.build("label_csv", root=str(tmp_path), train_list=train).splits["train"]
     part = split.subset(np.array([2, 0]))
     assert part.ids == ["c.jpg", "a.jpg"]
     np.testing.assert_array_equal(part.labels, [[1, 1], [1, 0]])
@@ -60,17 +60,17 @@ def test_label_csv_subset_keeps_rows_of_the_matrix(tmp_path):
 def test_label_csv_errors_name_file_and_line(tmp_path, body, where, what):
     train = write(tmp_path / "train.csv", "path,labels\n" + body)
     with pytest.raises(ConfigError) as err:
-        MULTILABEL_SOURCES.build("label_csv", root=str(tmp_path), train_list=train, classes=["cat", "dog"])
+        SOURCES.build("label_csv", root=str(tmp_path), train_list=train, classes=["cat", "dog"])
     assert f"train.csv{where}" in str(err.value) and what in str(err.value)
 
 
 def test_label_csv_empty_class_and_unknown_val_label(tmp_path):
     train = write(tmp_path / "train.csv", "path,labels\na.jpg,cat\n")
     with pytest.raises(ConfigError, match=r"train.csv \(train\): class 'dog' has no images"):
-        MULTILABEL_SOURCES.build("label_csv", root=str(tmp_path), train_list=train, classes=["cat", "dog"])
+        SOURCES.build("label_csv", root=str(tmp_path), train_list=train, classes=["cat", "dog"])
     val = write(tmp_path / "val.csv", "path,labels\nb.jpg,cat\nc.jpg,emu\n")
     with pytest.raises(ConfigError, match=r"val.csv:3: label 'emu' is not a class; valid classes: cat"):
-        MULTILABEL_SOURCES.build("label_csv", root=str(tmp_path), train_list=train, val_list=val)
+        SOURCES.build("label_csv", root=str(tmp_path), train_list=train, val_list=val)
 
 
 @pytest.mark.parametrize("text, match", [
@@ -80,19 +80,19 @@ def test_label_csv_empty_class_and_unknown_val_label(tmp_path):
 def test_label_csv_malformed_files(tmp_path, text, match):
     train = write(tmp_path / "train.csv", text)
     with pytest.raises(ConfigError, match=match):
-        MULTILABEL_SOURCES.build("label_csv", root=str(tmp_path), train_list=train)
+        SOURCES.build("label_csv", root=str(tmp_path), train_list=train)
 
 
 def test_label_csv_missing_arguments(tmp_path):
     with pytest.raises(ConfigError, match="train_list is required"):
-        MULTILABEL_SOURCES.build("label_csv", root=str(tmp_path))
+        SOURCES.build("label_csv", root=str(tmp_path))
     with pytest.raises(ConfigError, match="does not exist"):
-        MULTILABEL_SOURCES.build("label_csv", root=str(tmp_path), train_list="nope.csv")
+        SOURCES.build("label_csv", root=str(tmp_path), train_list="nope.csv")
     with pytest.raises(ConfigError, match="root"):
-        MULTILABEL_SOURCES.build("label_csv", root=str(tmp_path / "absent"), train_list="x.csv")
+        SOURCES.build("label_csv", root=str(tmp_path / "absent"), train_list="x.csv")
     train = write(tmp_path / "train.csv", "path,labels\na.jpg,cat\n")
     with pytest.raises(ConfigError, match="name a class twice"):
-        MULTILABEL_SOURCES.build("label_csv", root=str(tmp_path), train_list=train, classes=["cat", "cat"])
+        SOURCES.build("label_csv", root=str(tmp_path), train_list=train, classes=["cat", "cat"])
 
 
 # --------------------------------------------------------------------------------------------------- COCO JSON
@@ -109,7 +109,7 @@ def test_coco_labels_are_the_annotated_categories_and_unlabeled_images_are_repor
     # image 30 has no annotation; 10 has two boxes of one category
     doc = coco_doc([(10, 1), (10, 1), (10, 7), (20, 3), (40, 7), (40, 3), (40, 1)])
     write(tmp_path / "train.json", json.dumps(doc))
-    source = MULTILABEL_SOURCES.build("coco", root=str(tmp_path), train_json="train.json", train_images="imgs")
+    source = SOURCES.build("coco", root=str(tmp_path), train_json="train.json", train_images="imgs")
     assert source.classes == ["person", "car", "dog"]  # category id order
     split = source.splits["train"]
     assert split.ids == ["imgs/a.jpg", "imgs/b.jpg", "imgs/d.jpg"]
@@ -126,20 +126,20 @@ def test_coco_labels_are_the_annotated_categories_and_unlabeled_images_are_repor
 def test_coco_errors(tmp_path, annotations, match):
     write(tmp_path / "train.json", json.dumps(coco_doc(annotations)))
     with pytest.raises(ConfigError, match=match):
-        MULTILABEL_SOURCES.build("coco", root=str(tmp_path), train_json="train.json")
+        SOURCES.build("coco", root=str(tmp_path), train_json="train.json")
 
 
 def test_coco_splits_need_the_same_categories_and_an_image_folder(tmp_path):
     write(tmp_path / "train.json", json.dumps(coco_doc([(10, 1), (20, 3), (40, 7)])))
     write(tmp_path / "val.json", json.dumps(coco_doc([(10, 1)], categories=((1, "person"),))))
     with pytest.raises(ConfigError, match="val_images is required"):
-        MULTILABEL_SOURCES.build("coco", root=str(tmp_path), train_json="train.json", val_json="val.json")
+        SOURCES.build("coco", root=str(tmp_path), train_json="train.json", val_json="val.json")
     with pytest.raises(ConfigError, match="categories differ"):
-        MULTILABEL_SOURCES.build("coco", root=str(tmp_path), train_json="train.json", val_json="val.json",
+        SOURCES.build("coco", root=str(tmp_path), train_json="train.json", val_json="val.json",
                                  val_images="val")
     write(tmp_path / "bad.json", "{\n  \"images\": [,\n")
     with pytest.raises(ConfigError, match=r"bad.json:2: invalid JSON"):
-        MULTILABEL_SOURCES.build("coco", root=str(tmp_path), train_json="bad.json")
+        SOURCES.build("coco", root=str(tmp_path), train_json="bad.json")
 
 
 # --------------------------------------------------------------------------------------------------- mosaics
@@ -202,7 +202,7 @@ def test_exp_profile():
 
 
 def test_mosaic_digits_default_is_long_tailed_and_deterministic():
-    source = MULTILABEL_SOURCES.build("mosaic_digits")
+    source = SOURCES.build("mosaic_digits")
     assert source.classes == [str(d) for d in range(10)]
     sizes = {name: len(split) for name, split in source.splits.items()}
     assert sizes == {"train": 2000, "val": 500, "test": 1000}
@@ -220,9 +220,14 @@ def test_mosaic_digits_default_is_long_tailed_and_deterministic():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"num_train": 0}, "num_train=0"), ({"blank_prob": 1.0}, "blank_prob=1.0"), ({"num_val": 2.0}, "num_val"),
-    ({"imbalance": 0.5}, "imbalance=0.5"),
+    ({"num_train": 0}, "num_train: 0: must be >= 1"), ({"blank_prob": 1.0}, "blank_prob: 1.0: must be < 1"),
+    ({"num_val": 2.0}, "num_val: 2.0: must be an integer"), ({"imbalance": 0.5}, "imbalance: 0.5: must be >= 1"),
 ])
 def test_mosaic_digits_rejects_bad_kwargs(kwargs, match):
     with pytest.raises(ConfigError, match=match):
-        mosaic_digits(**kwargs)
+        SOURCES.build("mosaic_digits", **kwargs)
+
+
+def test_multilabel_sources_are_tagged_with_their_task():
+    assert SOURCES.names("multilabel") == ["coco", "label_csv", "mosaic_digits"]
+    assert not set(SOURCES.names("multilabel")) & set(SOURCES.names("multiclass"))

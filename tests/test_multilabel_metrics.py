@@ -3,8 +3,9 @@ import pytest
 from sklearn.metrics import f1_score
 
 from ltpipe.errors import ConfigError
-from ltpipe.multilabel.metrics import (average_precisions, choose_thresholds, class_groups, f1_scores, map_metrics,
-                                       per_class_table)
+from ltpipe.multilabel.metrics import (VALIDATION_METRICS, average_precisions, choose_thresholds, class_groups,
+                                       f1_scores, map_metrics, per_class_table)
+from ltpipe.tables import frequency_ranked
 
 # 4 test images, 4 classes; class c2 has no positive test image.
 SCORES = np.array([
@@ -59,14 +60,19 @@ def test_ap_is_invariant_to_positive_per_class_scaling():
     np.testing.assert_allclose(average_precisions(scaled, TARGETS), AP)
 
 
-def test_per_class_table_is_frequency_ranked():
+def test_per_class_table_by_hand():
     thresholds = choose_thresholds(SCORES, TARGETS)
-    table = per_class_table(SCORES, TARGETS, TRAIN_COUNTS, CLASSES, thresholds=thresholds)
-    assert list(table.columns) == ["rank", "class", "train_count", "group", "test_positives", "ap", "threshold", "f1"]
+    table = frequency_ranked(per_class_table(SCORES, TARGETS, TRAIN_COUNTS, CLASSES, thresholds=thresholds))
+    assert list(table.columns) == ["rank", "class", "train_count", "group", "test_positives", "ap", "threshold",
+                                   "precision", "recall", "f1", "accuracy"]
     assert table["class"].tolist() == ["c0", "c1", "c3", "c2"] and table["rank"].tolist() == [0, 1, 2, 3]
     assert table["test_positives"].tolist() == [2, 3, 1, 0]
     np.testing.assert_allclose(table["ap"], [AP[0], AP[1], AP[3], np.nan])
     np.testing.assert_allclose(table["f1"], [0.8, 1.0, 0.4, np.nan])  # c2: never predicted, no positive
+    # thresholds 0.7, 0.2, 0.1 (c2: inf): c0 predicts images 0-2 (2 of them positive), c1 images 1-3, c3 all four
+    np.testing.assert_allclose(table["precision"], [2 / 3, 1.0, 0.25, np.nan])
+    np.testing.assert_allclose(table["recall"], [1.0, 1.0, 1.0, np.nan])
+    np.testing.assert_array_equal(table["accuracy"], table["recall"])
     assert "threshold" not in per_class_table(SCORES, TARGETS, TRAIN_COUNTS, CLASSES).columns
 
 
@@ -122,3 +128,16 @@ def test_input_errors():
         f1_scores(SCORES, TARGETS, np.zeros(3))
     with pytest.raises(ConfigError, match="one entry per score column"):
         map_metrics(SCORES, TARGETS, TRAIN_COUNTS[:3], CLASSES)
+
+
+def test_validation_metrics_by_hand():
+    # top-scoring class per image: c0 (+), c3 (-), c0 (+), c0 (-) -> 2 / 4
+    assert VALIDATION_METRICS["acc"](SCORES, TARGETS) == 0.5
+    assert VALIDATION_METRICS["map"](SCORES, TARGETS) == pytest.approx((AP[0] + AP[1] + AP[3]) / 3)
+    # the best global threshold of the raveled scores, F1 of it
+    t = choose_thresholds(SCORES, TARGETS, per_class=False)
+    assert VALIDATION_METRICS["micro_f1"](SCORES, TARGETS) == f1_scores(SCORES, TARGETS, t)["micro_f1"]
+    # one label per image: top-1 accuracy of its one-hot targets
+    labels = np.array([0, 3, 0, 1])
+    one_hot = np.eye(4, dtype=bool)[labels]
+    assert VALIDATION_METRICS["acc"](SCORES, one_hot) == np.mean(SCORES.argmax(1) == labels)

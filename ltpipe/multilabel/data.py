@@ -2,7 +2,7 @@
 
 A multi-label data set is a `MultiLabelSource`: an `ltpipe.data.sources.Source` whose splits' `labels` are that
 matrix (so `SourceSplit.subset` and the file decoding of `prepare` apply unchanged), plus the ids of images dropped
-for having no label. Sources, by name in MULTILABEL_SOURCES:
+for having no label. Sources, registered in `ltpipe.data.sources.SOURCES` for the multilabel task (`dataset.name`):
 
 - `label_csv`: CSV list files with a header and columns `path,labels`; `path` is relative to `root` (or absolute),
   `labels` the image's class names separated by `|` (names may contain spaces; blanks around names are ignored), e.g.
@@ -18,21 +18,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Dict, List, Sequence, Tuple
+from typing import Annotated, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 import torch
 from pydantic import Field
 
-from ltpipe.data.sources import Source, SourceSplit, _require_root, _resolve, digits
+from ltpipe.data.sources import SOURCES, Source, SourceSplit, _require_root, _resolve, digits
 from ltpipe.errors import ConfigError
-from ltpipe.multilabel.validate import typed_kwargs
-from ltpipe.registry import Registry
-from ltpipe.types import Float, Int, OpenUnitFloat, PosInt
+from ltpipe.tasks import LABEL_SEPARATOR, require_every_class
+from ltpipe.types import Bool, Float, Int, OpenUnitFloat, PosInt
 
-MULTILABEL_SOURCES = Registry("multi-label data set")
-LABEL_SEPARATOR = "|"
+MULTILABEL = ("multilabel",)
 _SEED_STRIDE = 1_000_003
 # One random stream per purpose: changing the test size never moves the training mosaics.
 _MOSAIC_STREAMS = ("pools", "train", "val", "test")
@@ -52,10 +50,7 @@ class MultiLabelSource(Source):
 
 def check_every_class_present(targets: np.ndarray, classes: Sequence[str], where: str) -> None:
     """ConfigError naming the first class of `targets` (N, C) that no image holds."""
-    empty = np.flatnonzero(~targets.any(axis=0))
-    if len(empty):
-        raise ConfigError(f"{where}: class {classes[empty[0]]!r} has no images ({len(empty)} empty class(es) in "
-                          f"total); every class needs at least one training image")
+    require_every_class(class_counts(targets), classes, where)
 
 
 def class_counts(targets: np.ndarray) -> np.ndarray:
@@ -103,10 +98,10 @@ def read_label_csv(path: Path, classes: Sequence[str] | None) -> Tuple[List[str]
     return table["path"].str.strip().tolist(), targets, list(classes)
 
 
-@MULTILABEL_SOURCES.register("label_csv")
-def label_csv(root: str | None = None, train_list: str | None = None, val_list: str | None = None,
-              test_list: str | None = None, classes: List[str] | None = None, image_size: int | None = None,
-              skip_bad: bool = False) -> MultiLabelSource:
+@SOURCES.register("label_csv", tasks=MULTILABEL)
+def label_csv(root: Optional[str] = None, train_list: Optional[str] = None, val_list: Optional[str] = None,
+              test_list: Optional[str] = None, classes: Optional[List[str]] = None,
+              image_size: Optional[PosInt] = None, skip_bad: Bool = False) -> MultiLabelSource:
     """Multi-label list files (`path,labels` CSV, labels separated by `|`), one per split; train_list is required.
 
     classes=None: the sorted label names of the train list; val and test lists must use those names.
@@ -168,10 +163,11 @@ def read_coco_instances(path: Path) -> Tuple[List[str], List[str], np.ndarray, L
         files_arr[~labeled].tolist()
 
 
-@MULTILABEL_SOURCES.register("coco")
-def coco(root: str | None = None, train_json: str | None = None, train_images: str = "train2017",
-         val_json: str | None = None, val_images: str | None = None, test_json: str | None = None,
-         test_images: str | None = None, image_size: int | None = None, skip_bad: bool = False) -> MultiLabelSource:
+@SOURCES.register("coco", tasks=MULTILABEL)
+def coco(root: Optional[str] = None, train_json: Optional[str] = None, train_images: str = "train2017",
+         val_json: Optional[str] = None, val_images: Optional[str] = None, test_json: Optional[str] = None,
+         test_images: Optional[str] = None, image_size: Optional[PosInt] = None,
+         skip_bad: Bool = False) -> MultiLabelSource:
     """COCO-style instances files (Lin et al., "Microsoft COCO: Common Objects in Context", ECCV 2014), as used for
     COCO-LT by Wu et al. (ECCV 2020): labels = the categories annotated in each image, classes = the categories in id
     order. `<split>_images` is the image folder under root that the file names are relative to.
@@ -276,8 +272,7 @@ def _stream(seed: int, name: str) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * _SEED_STRIDE + _MOSAIC_STREAMS.index(name))
 
 
-@MULTILABEL_SOURCES.register("mosaic_digits")
-@typed_kwargs
+@SOURCES.register("mosaic_digits", tasks=MULTILABEL)
 def mosaic_digits(*, num_train: PosInt = 2000, num_val: PosInt = 500, num_test: PosInt = 1000,
                   imbalance: ImbalanceFactor = 500.0, blank_prob: OpenUnitFloat = 0.5,
                   seed: Int = 0) -> MultiLabelSource:

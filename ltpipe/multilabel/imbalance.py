@@ -14,10 +14,13 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
+from ltpipe.checks import check_choice, check_real
 from ltpipe.errors import ConfigError
 from ltpipe.multilabel.data import check_every_class_present, class_counts
-from ltpipe.multilabel.validate import typed_kwargs
 from ltpipe.types import Int, OpenUnitFloat, PosFloat, PosInt
+
+
+PROFILES = ("pareto", "none")
 
 
 @dataclass
@@ -51,7 +54,6 @@ def visit_order(targets: np.ndarray) -> np.ndarray:
     return np.argsort(-conditional.sum(axis=0), kind="stable")
 
 
-@typed_kwargs
 def long_tailed_subset(targets: np.ndarray, classes: Sequence[str], *, profile: Literal["pareto", "none"] = "pareto",
                        n_max: PosInt = 800, n_min: PosInt = 1, shape: PosFloat = 6.0, tail: OpenUnitFloat = 0.99,
                        seed: Int = 0) -> MultiLabelSubset:
@@ -62,6 +64,8 @@ def long_tailed_subset(targets: np.ndarray, classes: Sequence[str], *, profile: 
     (target_k - c) of its unselected images are added, or (c - target_k) of its selected ones removed (with all
     their labels). A class short of images keeps all it has. A class left with no image is a ConfigError.
     """
+    check_choice("long-tailed subset: profile", profile, PROFILES)
+    check_real("long-tailed subset: tail", tail, low=0.0, high=1.0, include_high=False)
     targets = np.asarray(targets, dtype=bool)
     if targets.ndim != 2 or targets.shape[1] != len(classes):
         raise ConfigError(f"targets must be an (N, {len(classes)}) multi-hot matrix, got shape {targets.shape}")

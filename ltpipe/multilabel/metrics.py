@@ -1,5 +1,6 @@
 """Multi-label evaluation: mAP overall and per head / medium / tail group, a per-class AP table, and micro / macro F1
-at thresholds chosen on the validation split.
+at thresholds chosen on the validation split; and the validation metrics stages 1 and 2 monitor or select by
+(`VALIDATION_METRICS`), which work for one label per image too, given its one-hot targets.
 
 Groups follow Wu et al. (ECCV 2020): head >= 100 training images, tail < 20, medium in between (thresholds are
 arguments). AP is scikit-learn's `average_precision_score` (sum_k (R_k - R_{k-1}) P_k, no interpolation), per class.
@@ -14,9 +15,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score
 
+from ltpipe.checks import check_train_counts
 from ltpipe.errors import ConfigError
-from ltpipe.metrics import _counts
-from ltpipe.tables import frequency_ranked
 
 GROUPS = ("head", "medium", "tail")
 _DECIMALS = 6
@@ -27,7 +27,7 @@ def class_groups(train_counts: Sequence[int], *, head_threshold: int = 100, tail
     if not 0 <= tail_threshold <= head_threshold:
         raise ConfigError(f"group thresholds need 0 <= tail_threshold <= head_threshold, got "
                           f"tail_threshold={tail_threshold}, head_threshold={head_threshold}")
-    counts = _counts(train_counts)
+    counts = check_train_counts(train_counts)
     return np.where(counts >= head_threshold, "head", np.where(counts < tail_threshold, "tail", "medium"))
 
 
@@ -61,23 +61,30 @@ def map_metrics(scores: np.ndarray, targets: np.ndarray, train_counts: Sequence[
 def per_class_table(scores: np.ndarray, targets: np.ndarray, train_counts: Sequence[int], classes: Sequence[str], *,
                     thresholds: np.ndarray | None = None, head_threshold: int = 100,
                     tail_threshold: int = 20) -> pd.DataFrame:
-    """One row per class, most frequent first (`ltpipe.tables.frequency_ranked`): rank, class, train_count, group,
-    test_positives, ap (NaN without positives) and, with `thresholds`, threshold and f1."""
+    """One row per class in class-index order: class, train_count, group, test_positives, ap (NaN without positives)
+    and, with `thresholds`, threshold, precision, recall, f1 and accuracy at it.
+
+    accuracy is the recall (the fraction of the class's test images predicted to hold it), as the single-label table's
+    per-class accuracy is; precision is NaN for a class never predicted, recall for one without positives."""
     ap = average_precisions(scores, targets)
     scores, targets = _check_scores(scores, targets)
     table = pd.DataFrame({
         "class": list(classes),
-        "train_count": _counts(train_counts),
+        "train_count": check_train_counts(train_counts),
         "group": _groups_for(ap, train_counts, classes, head_threshold, tail_threshold),
         "test_positives": targets.sum(axis=0, dtype=np.int64),
         "ap": ap,
     })
     if thresholds is not None:
         thresholds = _check_thresholds(thresholds, scores.shape[1])
-        tp, fp, fn = _confusion(scores, targets, thresholds)
+        tp, fp, fn = (v.astype(np.float64) for v in _confusion(scores, targets, thresholds))
+        recall = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), np.nan)
         table["threshold"] = thresholds
+        table["precision"] = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), np.nan)
+        table["recall"] = recall
         table["f1"] = np.where(tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), np.nan)
-    return frequency_ranked(table)
+        table["accuracy"] = recall
+    return table
 
 
 def choose_thresholds(val_scores: np.ndarray, val_targets: np.ndarray, *, per_class: bool = True) -> np.ndarray:
@@ -103,6 +110,31 @@ def f1_scores(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray) -
     per_class = 2 * tp[rated] / (2 * tp[rated] + fp[rated] + fn[rated])
     return {"micro_f1": round(float(2 * tp.sum() / denominator), _DECIMALS) if denominator else None,
             "macro_f1": _mean(per_class)}
+
+
+# --------------------------------------------------------------------------------------------------- validation
+
+def top1_accuracy(scores: np.ndarray, targets: np.ndarray) -> float:
+    """The fraction of images whose highest-scoring class is one of their labels (ties: the lowest class index): for
+    one label per image the top-1 accuracy, for multi-label data precision@1."""
+    scores, targets = _check_scores(scores, targets)
+    return float(targets[np.arange(len(scores)), np.argmax(scores, axis=1)].mean())
+
+
+def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+    """mAP over the classes with a positive image (NaN if none has one); scores of one label per image should be
+    probabilities (softmax), since a class's AP ranks the images by its column alone."""
+    ap = average_precisions(scores, targets)
+    return float(np.nanmean(ap)) if not np.isnan(ap).all() else float("nan")
+
+
+def best_micro_f1(scores: np.ndarray, targets: np.ndarray) -> float:
+    """micro F1 at the one threshold, shared by every class, that maximises it on these scores (0 without positives)."""
+    return f1_scores(scores, targets, choose_thresholds(scores, targets, per_class=False))["micro_f1"] or 0.0
+
+
+# What a stage can monitor or choose by on the validation split: name -> f(scores (N, C), multi-hot targets (N, C)).
+VALIDATION_METRICS = {"acc": top1_accuracy, "map": mean_average_precision, "micro_f1": best_micro_f1}
 
 
 # --------------------------------------------------------------------------------------------------- helpers
