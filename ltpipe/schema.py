@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Dict, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, create_model, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from ltpipe.errors import ConfigError
 from ltpipe.registry import BLOCK_CONFIG, Registry
@@ -36,22 +37,43 @@ def kwargs_of(blocks: BaseModel, name: str) -> Dict[str, Any]:
     return dict(getattr(blocks, name))
 
 
+class Pareto(Section):
+    """imbalance.pareto: the DB paper's Pareto target counts (multilabel task; `ltpipe.multilabel.imbalance`)."""
+
+    n_min: PosInt = 1
+    shape: PosFloat = 6.0
+    tail: Annotated[Float, Field(gt=0, lt=1)] = 0.99
+
+
+# The long-tailed profiles each task can build: LDAM's per-class counts, or the DB builder for sets of labels.
+PROFILES = {"multiclass": ("exp", "step", "none"), "multilabel": ("pareto", "none")}
+
+
 class Imbalance(Section):
-    profile: Literal["exp", "step", "none"] = "exp"
+    profile: Literal["exp", "step", "pareto", "none"] = "exp"
     factor: Annotated[Float, Field(ge=1)] = 10.0  # n_max / n_min
     n_max: Optional[PosInt] = None
     class_order: Literal["index", "shuffle"] = "index"
+    pareto: Pareto = Field(default_factory=Pareto)
+
+
+Fraction = Annotated[Float, Field(gt=0, lt=1)]
 
 
 class Split(Section):
     val_from: Literal["train", "test", "source"] = "train"
     val_per_class: PosInt = 20
     test_per_class: PosInt = 30
+    val_fraction: Fraction = 0.1  # multilabel: the share of images carved for val / test when the source has none
+    test_fraction: Fraction = 0.2
 
 
 class Evaluate(Section):
     many_threshold: NonNegInt = 100
     few_threshold: NonNegInt = 20
+    head_threshold: NonNegInt = 100  # multilabel groups (Wu et al., ECCV 2020): head >= 100, tail < 20 train images
+    tail_threshold: NonNegInt = 20
+    f1_thresholds: Literal["per_class", "global"] = "per_class"
     logit_adjust_tau: Float = 1.0
     tsne: Bool = False
     tsne_max_points: Annotated[int, Strict(), Field(ge=2)] = 2000
@@ -61,6 +83,9 @@ class Evaluate(Section):
         if self.few_threshold > self.many_threshold:
             raise relation_error("few_threshold", self.few_threshold,
                                  f"must be <= many_threshold ({self.many_threshold})")
+        if self.tail_threshold > self.head_threshold:
+            raise relation_error("tail_threshold", self.tail_threshold,
+                                 f"must be <= head_threshold ({self.head_threshold})")
         return self
 
 
@@ -114,6 +139,7 @@ def params_model() -> type[BaseModel]:
     from ltpipe.losses import LOSSES
     from ltpipe.mixing import MIXERS
     from ltpipe.samplers import SAMPLERS
+    from ltpipe.tasks import TASKS
     from ltpipe.train.schedule import SCHEDULES
 
     from ltpipe.models import STAGE1_HEADS
@@ -210,6 +236,7 @@ def params_model() -> type[BaseModel]:
     class Params(Section):
         recipe: str = "none"  # the conf/recipe/ file that composed these params; informational, no stage reads it
         seed: NonNegInt = 0
+        task: TASKS.name_type() = "multiclass"  # type: ignore[valid-type]
         dataset: Dataset = Field(default_factory=Dataset)  # type: ignore[valid-type]
         imbalance: Imbalance = Field(default_factory=Imbalance)
         split: Split = Field(default_factory=Split)
@@ -252,6 +279,31 @@ def params_model() -> type[BaseModel]:
             if self.stage2.method == "tde" and self.model.head != "causal":
                 raise relation_error("stage2.method", "tde", "needs the causal head of stage 1: set model.head: causal")
             return self
+
+        @model_validator(mode="after")
+        def _fits_the_task(self):
+            lines = [f"{key}: {name!r}: does not fit task {self.task!r}; valid choices for {self.task}: "
+                     f"{', '.join(registry.names(self.task))}"
+                     for key, registry, name in self._task_choices() if not registry.fits(name, self.task)]
+            if self.imbalance.profile not in PROFILES[self.task]:
+                lines.append(f"imbalance.profile: {self.imbalance.profile!r}: does not fit task {self.task!r}; valid "
+                             f"choices for {self.task}: {', '.join(PROFILES[self.task])}")
+            if self.stage2.ensemble.enabled and self.task != "multiclass":
+                lines.append(f"stage2.ensemble.enabled: True: does not fit task {self.task!r}: the ensemble averages "
+                             f"softmax probabilities of one label per image; set it false")
+            if lines:
+                raise PydanticCustomError("nested", "; ".join(lines), {"lines": lines})
+            return self
+
+        def _task_choices(self):
+            """(key, registry, chosen name) of every choice of a registry entry, stage 2's loss and sampler too."""
+            choices = [("dataset.name", SOURCES, self.dataset.name), ("loss", LOSSES, self.loss),
+                       ("train.sampler", SAMPLERS, self.train.sampler), ("train.mixer", MIXERS, self.train.mixer),
+                       ("stage2.method", STAGE2, self.stage2.method)]
+            method = self.stage2.method
+            for arg, registry in STAGE2.name_arguments(method).items():
+                choices.append((f"stage2.{method}.{arg}", registry, self.stage2_kwargs()[arg]))
+            return choices
 
         @model_validator(mode="after")
         def _device_exists(self):
