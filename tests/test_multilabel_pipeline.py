@@ -224,3 +224,31 @@ def test_a_class_without_test_positives_is_left_out_and_named(mosaics, stage1, t
     table = pd.read_csv(tmp_path / "metrics/per_class.csv", dtype={"class": str}).set_index("class")
     assert np.isnan(table.loc["9", "ap"]) and table.loc["9", "test_positives"] == 0
     assert metrics["mAP"] == pytest.approx(table["ap"].dropna().mean(), abs=1e-6)
+
+
+def test_predict_gives_each_class_its_sigmoid(mosaics, stage1, tmp_path):
+    from ltpipe.models import load_classifier
+    from ltpipe.models.heads import load_head
+    from ltpipe.predict import Predictor
+
+    retrain_classifier(multilabel_params("stage2.method=none"), mosaics, stage1 / "stage1", stage1 / "features",
+                       tmp_path)
+    prepared = load_prepared(mosaics)
+    predictor = Predictor(load_classifier(stage1 / "stage1").backbone, load_head(tmp_path / "head.safetensors"),
+                          prepared)
+    probs = predictor.probabilities(prepared.split("test")).numpy()
+    np.testing.assert_allclose(probs, 1 / (1 + np.exp(-np.load(tmp_path / "logits_test.npy").astype(np.float64))),
+                               rtol=1e-5)
+
+
+def test_causal_head_frozen_stem_and_tde_work_for_multilabel_data(mosaics, tmp_path):
+    """The head and backbone options of single-label training: the causal head, stage freezing, stage-2 tde."""
+    params = multilabel_params("model.head=causal", "model.freeze_stages=1", "train.epochs=1", "train.warmup_epochs=0",
+                               "stage2.method=tde")
+    train_backbone(params, mosaics, tmp_path / "stage1", tmp_path / "live", resume_dir=tmp_path / "resume")
+    assert json.loads((tmp_path / "stage1/init.json").read_text())["frozen"]
+    extract_features(params, tmp_path / "stage1", mosaics, tmp_path / "features")
+    retrain_classifier(params, mosaics, tmp_path / "stage1", tmp_path / "features", tmp_path / "stage2")
+    evaluate(params, mosaics, tmp_path / "stage2", tmp_path / "metrics")
+    assert json.loads((tmp_path / "stage2/info.json").read_text())["alpha"] == 1.0
+    assert 0 < json.loads((tmp_path / "metrics/metrics.json").read_text())["mAP"] <= 1
