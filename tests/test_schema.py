@@ -16,8 +16,8 @@ from ltpipe.schema import default_params, validate_params
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
-def with_value(path, value):
-    params = copy.deepcopy(PARAMS)
+def with_value(path, value, params=PARAMS):
+    params = copy.deepcopy(params)
     *parents, leaf = path.split(".")
     node = params
     for key in parents:
@@ -241,11 +241,7 @@ def multilabel_params(**updates):
     """The multi-label demo recipe with `updates` (dotted keys) on top."""
     params = compose_params(["recipe=multilabel_digits"], ROOT / "conf")
     for path, value in updates.items():
-        *parents, leaf = path.split(".")
-        node = params
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
+        params = with_value(path, value, params)
     return params
 
 

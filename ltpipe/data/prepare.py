@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 import pandas as pd
@@ -110,22 +110,40 @@ def multiclass_splits(source: Source, cfg: PrepareConfig, task: Task) -> Tuple[D
                     "ratio": max(counts) / min(counts), "class_order": [source.classes[c] for c in order]}
 
 
-def make_splits(source: Source, cfg: PrepareConfig) -> tuple[Dict[str, SourceSplit], List[int], List[int]]:
-    """train (long-tailed), val and test splits, the per-class train counts and the rank -> class order."""
-    classes, num_classes = source.classes, len(source.classes)
+Carve = Callable[[SourceSplit, str], Tuple[SourceSplit, SourceSplit]]
+
+
+def _pool_val_test(source: Source, cfg: PrepareConfig, carve: Carve) -> Tuple[SourceSplit, SourceSplit | None,
+                                                                              SourceSplit]:
+    """(train pool, val, test): test is the source's own or `carve(pool, "test")`; val the source's own (val_from
+    source), `carve(test, "val")` (val_from test) or None (val_from train: the splitter takes it from the pool)."""
     pool = source.splits["train"]
     test = source.splits.get("test")
     if test is None:
-        test, pool = _carve(pool, cfg.test_per_class, num_classes, stream_generator(cfg.seed, "test"), classes,
-                            "split.test_per_class", "lower split.test_per_class")
+        test, pool = carve(pool, "test")
+    val = None
     if cfg.val_from == "source":
         if "val" not in source.splits:
             raise ConfigError(f"data set {cfg.name!r} has no val split of its own, so split.val_from: source is "
                               f"impossible; valid choices here: train, test")
         val = source.splits["val"]
     elif cfg.val_from == "test":
-        val, test = _carve(test, cfg.val_per_class, num_classes, stream_generator(cfg.seed, "val"), classes,
-                           "split.val_per_class", "lower split.val_per_class or set split.val_from: train")
+        val, test = carve(test, "val")
+    return pool, val, test
+
+
+def make_splits(source: Source, cfg: PrepareConfig) -> tuple[Dict[str, SourceSplit], List[int], List[int]]:
+    """train (long-tailed), val and test splits, the per-class train counts and the rank -> class order."""
+    classes, num_classes = source.classes, len(source.classes)
+    carving = {"test": (cfg.test_per_class, "split.test_per_class", "lower split.test_per_class"),
+               "val": (cfg.val_per_class, "split.val_per_class",
+                       "lower split.val_per_class or set split.val_from: train")}
+
+    def carve(data: SourceSplit, stream: str) -> Tuple[SourceSplit, SourceSplit]:
+        per_class, what, hint = carving[stream]
+        return _carve(data, per_class, num_classes, stream_generator(cfg.seed, stream), classes, what, hint)
+
+    pool, val, test = _pool_val_test(source, cfg, carve)
     pool_counts = np.bincount(pool.labels, minlength=num_classes)
     reserve = cfg.val_per_class if cfg.val_from == "train" else 0
     hint = ("; lower split.val_per_class or imbalance.n_max, or set split.val_from: test" if reserve
@@ -167,19 +185,14 @@ def multilabel_splits(source: Source, cfg: PrepareConfig, task: Task) -> Tuple[D
     procedure, or none) then runs on what is left of the train pool. Val and test may lack a class (its AP is
     undefined and left out of the means); train must hold every class."""
     classes = source.classes
-    pool = source.splits["train"]
-    test = source.splits.get("test")
-    if test is None:
-        test, pool = _carve_fraction(pool, cfg.test_fraction, cfg.seed, "test", "split.test_fraction")
-    if cfg.val_from == "source":
-        if "val" not in source.splits:
-            raise ConfigError(f"data set {cfg.name!r} has no val split of its own, so split.val_from: source is "
-                              f"impossible; valid choices here: train, test")
-        val = source.splits["val"]
-    elif cfg.val_from == "test":
-        val, test = _carve_fraction(test, cfg.val_fraction, cfg.seed, "val", "split.val_fraction")
-    else:
-        val, pool = _carve_fraction(pool, cfg.val_fraction, cfg.seed, "val", "split.val_fraction")
+    fractions = {"test": cfg.test_fraction, "val": cfg.val_fraction}
+
+    def carve(data: SourceSplit, stream: str) -> Tuple[SourceSplit, SourceSplit]:
+        return _carve_fraction(data, fractions[stream], cfg.seed, stream, f"split.{stream}_fraction")
+
+    pool, val, test = _pool_val_test(source, cfg, carve)
+    if val is None:
+        val, pool = carve(pool, "val")
     for name, split in (("train", pool), ("val", val), ("test", test)):
         task.check(split.labels, len(classes), f"{cfg.name} {name} split")
     n_max = cfg.n_max if cfg.n_max is not None else int(task.counts(pool.labels, len(classes)).max())
