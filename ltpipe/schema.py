@@ -38,12 +38,15 @@ def kwargs_of(blocks: BaseModel, name: str) -> Dict[str, Any]:
     return dict(getattr(blocks, name))
 
 
+Fraction = Annotated[Float, Field(gt=0, lt=1)]
+
+
 class Pareto(Section):
     """imbalance.pareto: the DB paper's Pareto target counts (multilabel task; `ltpipe.multilabel.imbalance`)."""
 
     n_min: PosInt = 1
     shape: PosFloat = 6.0
-    tail: Annotated[Float, Field(gt=0, lt=1)] = 0.99
+    tail: Fraction = 0.99  # the quantile of the Pareto distribution the rarest class sits at
 
 
 # The long-tailed profiles each task can build: LDAM's per-class counts, or the DB builder for sets of labels.
@@ -56,9 +59,6 @@ class Imbalance(Section):
     n_max: Optional[PosInt] = None
     class_order: Literal["index", "shuffle"] = "index"
     pareto: Pareto = Field(default_factory=Pareto)
-
-
-Fraction = Annotated[Float, Field(gt=0, lt=1)]
 
 
 class Split(Section):

@@ -1,6 +1,5 @@
-"""Multi-label long-tailed recognition (issue 12): multi-hot data, the DB paper's long-tailed subsets, BCE-family
-losses, class-aware sampling, mAP / F1 metrics and stage-2 helpers on frozen features.
-
-Labels are an (N, C) bool multi-hot matrix; a multi-label data set is an `ltpipe.data.sources.Source` whose splits
-hold such a matrix in `labels`. Each module has one job and its own registry where a name is chosen in params.yaml.
+"""Multi-label long-tailed recognition (issue 12): the pieces specific to images with a set of labels, held as an
+(N, C) bool multi-hot matrix: data sources and the DB paper's long-tailed subsets, BCE-family losses, and mAP / F1
+metrics. They register in the pipeline's registries (SOURCES, LOSSES) tagged with the multilabel task; samplers and
+stage-2 methods serve both tasks from `ltpipe.samplers` and `ltpipe.classifier` (see `ltpipe.tasks`).
 """
