@@ -302,3 +302,21 @@ def test_voc_lt_recipe_holds_the_db_config():
     assert (voc.imbalance.profile, voc.imbalance.n_max) == ("pareto", 800)
     with pytest.raises(ConfigError, match="model.pretrained: 'data/pretrained/resnet50.safetensors': no such file"):
         validate_params(compose_params(["recipe=voc_lt_db"], ROOT / "conf"))  # the stages check the file
+
+
+def test_every_task_tag_names_a_task_and_every_stage_handles_every_task():
+    from ltpipe.classifier import STAGE2
+    from ltpipe.data.prepare import SPLITTERS
+    from ltpipe.data.sources import SOURCES
+    from ltpipe.evaluate import REPORTS
+    from ltpipe.losses import LOSSES
+    from ltpipe.mixing import MIXERS
+    from ltpipe.samplers import SAMPLERS
+    from ltpipe.tasks import TASKS
+
+    tasks = TASKS.names()
+    assert tasks == ["multiclass", "multilabel"]
+    for registry in (SOURCES, LOSSES, SAMPLERS, MIXERS, STAGE2):
+        assert registry.task_tags() == set(tasks), registry.kind
+        assert all(registry.names(task) for task in tasks), registry.kind
+    assert SPLITTERS.names() == REPORTS.names() == tasks
