@@ -5,6 +5,8 @@ import math
 import numbers
 from typing import Any, Sequence
 
+import numpy as np
+
 from ltpipe.errors import ConfigError
 
 
@@ -31,3 +33,11 @@ def check_choice(what: str, value: Any, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ConfigError(f"{what} must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value
+
+
+def check_train_counts(train_counts: Sequence[int]) -> np.ndarray:
+    """Training images per class as int64 (C,): a non-empty 1-D sequence of integers >= 0."""
+    counts = np.asarray(train_counts)
+    if counts.ndim != 1 or counts.size == 0 or not np.issubdtype(counts.dtype, np.integer) or np.any(counts < 0):
+        raise ConfigError(f"train_counts must be a non-empty 1-D sequence of integers >= 0, got {train_counts!r}")
+    return counts.astype(np.int64)

@@ -41,8 +41,9 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"OK: {args.params} is valid")
         return 0
     for name in recipe_names(args.conf) if args.recipe == "all" else [args.recipe]:
-        validate_params(compose_params([f"recipe={name}"], args.conf), f"recipe {name}")
-        print(f"OK: recipe {name} composes to valid params")
+        # The files a recipe names (pretrained weights) belong to the machine it runs on: the stages check them.
+        validate_params(compose_params([f"recipe={name}"], args.conf), f"recipe {name}", check_files=False)
+        print(f"OK: recipe {name} composes to valid params (files it names are checked when it runs)")
     return 0
 
 

@@ -1,23 +1,35 @@
 """Evaluate driver: test-set logits of stage 2 -> metrics.json, per-class table, confusion records and (optionally) a
 t-SNE map of the test features. Every output is byte-identical for identical inputs, so DVC never reruns downstream
-work or reports a spurious change."""
+work or reports a spurious change.
+
+What is measured depends on the task of the prepared data (`ltpipe.tasks`), one report per task name in REPORTS:
+top-1 and many/medium/few-shot accuracy with calibration for one label per image (`ltpipe.metrics`); mAP overall and
+by head/medium/tail with micro/macro F1 at validation-chosen thresholds for multi-label data
+(`ltpipe.multilabel.metrics`). Both per-class tables have the columns the DVC plots of dvc.yaml read (rank,
+train_count, accuracy, ap), so `dvc plots show` works for either task."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 import torch
 
 from ltpipe.checks import check_int
-from ltpipe.data.prepared import load_prepared
+from ltpipe.data.prepared import Prepared, load_prepared
 from ltpipe.errors import ConfigError
 from ltpipe.io import read_json, write_csv, write_json
-from ltpipe.schema import as_params
 from ltpipe.metrics import compute_metrics, confusion_records, per_class_table
+from ltpipe.multilabel import metrics as multilabel_metrics
+from ltpipe.registry import Registry
+from ltpipe.schema import as_params
 from ltpipe.tables import frequency_ranked
+from ltpipe.tasks import task_of
 
+CONFUSION_COLUMNS = ("actual", "predicted")
+# task name -> f(evaluate params, prepared data, stage-2 folder) -> (metrics, per-class table in class order, confusion)
+REPORTS = Registry("task report")
 TSNE_COLUMNS = ("x", "y", "class")
 _TSNE_DECIMALS = 4
 
@@ -38,9 +50,8 @@ def tsne_table(features: np.ndarray, labels: np.ndarray, class_names: Sequence[s
         raise ConfigError(f"t-SNE needs (N, D) features with N >= 2 and one label per row, got features "
                           f"{features.shape} and labels {labels.shape}")
     check_int("tsne max_points", max_points, 2)
-    names = np.asarray(list(class_names), dtype=object)
-    if labels.min() < 0 or labels.max() >= len(names):
-        raise ConfigError(f"labels must lie in [0, {len(names) - 1}] for {len(names)} class names")
+    # One label per image: its class; multi-label: the image's class names joined by "|".
+    names = np.asarray(task_of(labels).describe(labels, list(class_names)), dtype=object)
     keep = np.arange(len(features))
     if len(features) > max_points:
         generator = torch.Generator().manual_seed(int(seed))
@@ -54,7 +65,45 @@ def tsne_table(features: np.ndarray, labels: np.ndarray, class_names: Sequence[s
         embedded = tsne.fit_transform(points)
     # +0.0 turns -0.0 into 0.0, so the CSV text does not depend on the sign of a rounded zero.
     coords = np.round(embedded, _TSNE_DECIMALS) + 0.0
-    return pd.DataFrame({"x": coords[:, 0], "y": coords[:, 1], "class": names[labels[keep]]})
+    return pd.DataFrame({"x": coords[:, 0], "y": coords[:, 1], "class": names[keep]})
+
+
+@REPORTS.register("multiclass")
+def multiclass_report(cfg, prepared: Prepared, stage2_dir: Path) -> Tuple[Dict[str, Any], pd.DataFrame, pd.DataFrame]:
+    """`compute_metrics`, the per-class table (plus each class's one-vs-rest AP of the softmax probabilities, for the
+    AP plot both tasks share) and one confusion record per test image."""
+    labels = prepared.split("test").labels.numpy()
+    logits = np.load(stage2_dir / "logits_test.npy")
+    groups = dict(many_threshold=cfg.many_threshold, few_threshold=cfg.few_threshold)
+    # A method whose scores are not logits (NCM's cosines) says so in its info: NLL and ECE would mislead there.
+    probabilistic = read_json(stage2_dir / "info.json").get("probabilistic", True)
+    metrics = compute_metrics(logits, labels, prepared.class_counts, logit_adjust_tau=cfg.logit_adjust_tau,
+                              probabilistic=probabilistic, **groups)
+    table = per_class_table(logits, labels, prepared.class_counts, prepared.classes, **groups)
+    probabilities = prepared.task.probabilities(torch.from_numpy(logits).double()).numpy()
+    targets = prepared.task.multi_hot(labels, len(prepared.classes)).numpy()
+    table["ap"] = multilabel_metrics.average_precisions(probabilities, targets)
+    return metrics, table, confusion_records(logits, labels, prepared.classes)
+
+
+@REPORTS.register("multilabel")
+def multilabel_report(cfg, prepared: Prepared, stage2_dir: Path) -> Tuple[Dict[str, Any], pd.DataFrame, pd.DataFrame]:
+    """`map_metrics` (mAP overall and by head / medium / tail; classes without a positive test image are left out and
+    named) and micro / macro F1 on the test set at thresholds chosen on the validation logits (`evaluate.f1_thresholds`:
+    each class's best F1, or the best micro F1 of one shared threshold); the per-class AP table at those thresholds.
+    There is no single-label confusion matrix: confusion.csv holds its header only."""
+    classes, counts = prepared.classes, prepared.class_counts
+    splits = ("val", "test")
+    hot = {split: prepared.task.multi_hot(prepared.split(split).labels, len(classes)).numpy() for split in splits}
+    scores = {split: np.load(stage2_dir / f"logits_{split}.npy") for split in splits}
+    thresholds = multilabel_metrics.choose_thresholds(scores["val"], hot["val"],
+                                                      per_class=cfg.f1_thresholds == "per_class")
+    groups = dict(head_threshold=cfg.head_threshold, tail_threshold=cfg.tail_threshold)
+    metrics = multilabel_metrics.map_metrics(scores["test"], hot["test"], counts, classes, **groups)
+    metrics.update(multilabel_metrics.f1_scores(scores["test"], hot["test"], thresholds))
+    table = multilabel_metrics.per_class_table(scores["test"], hot["test"], counts, classes, thresholds=thresholds,
+                                               **groups)
+    return metrics, table, pd.DataFrame(columns=list(CONFUSION_COLUMNS))
 
 
 def evaluate(params, prepared_dir, stage2_dir, out_dir, features_dir=None) -> None:
@@ -67,22 +116,15 @@ def evaluate(params, prepared_dir, stage2_dir, out_dir, features_dir=None) -> No
     if cfg.tsne and features_dir is None:
         raise ConfigError("evaluate.tsne is true but no features folder was given (pass --features)")
     prepared = load_prepared(prepared_dir)
-    labels = prepared.split("test").labels.numpy()
-    logits = np.load(Path(stage2_dir) / "logits_test.npy")
-    groups = dict(many_threshold=cfg.many_threshold, few_threshold=cfg.few_threshold)
-    # A method whose scores are not logits (NCM's cosines) says so in its info: NLL and ECE would mislead there.
-    probabilistic = read_json(Path(stage2_dir) / "info.json").get("probabilistic", True)
-    metrics = compute_metrics(logits, labels, prepared.class_counts, logit_adjust_tau=cfg.logit_adjust_tau,
-                              probabilistic=probabilistic, **groups)
-    table = per_class_table(logits, labels, prepared.class_counts, prepared.classes, **groups)
+    metrics, table, confusion = REPORTS.get(prepared.task.name)(cfg, prepared, Path(stage2_dir))
     if cfg.tsne:
         features = np.load(Path(features_dir) / "test_features.npy")
-        tsne = tsne_table(features, labels, prepared.classes, max_points=cfg.tsne_max_points,
-                          seed=params.seed)
+        tsne = tsne_table(features, prepared.split("test").labels.numpy(), prepared.classes,
+                          max_points=cfg.tsne_max_points, seed=params.seed)
     else:
         tsne = pd.DataFrame(columns=list(TSNE_COLUMNS))
     out_dir = Path(out_dir)
     write_json(out_dir / "metrics.json", metrics)
     write_csv(out_dir / "per_class.csv", frequency_ranked(table))
-    write_csv(out_dir / "confusion.csv", confusion_records(logits, labels, prepared.classes))
+    write_csv(out_dir / "confusion.csv", confusion)
     write_csv(out_dir / "tsne.csv", tsne)

@@ -29,7 +29,8 @@ from ltpipe.priors import class_prior, log_prior
 from ltpipe.registry import Registry
 from ltpipe.types import Bool, NonNegFloat, NonNegInt, OpenUnitFloat, PosFloat, UnitFloat
 
-LOSSES = Registry("loss", fixed=("class_counts",))
+# `num_images` (the number N of training images) is passed to the losses that take it (the multi-label ones).
+LOSSES = Registry("loss", fixed=("class_counts", "num_images"), tasks=("multiclass",))
 LossName = LOSSES.name_type()
 
 
@@ -537,6 +538,14 @@ def las(class_counts: Sequence[int], *, eps_head: UnitFloat = 0.4, eps_tail: Uni
     return LabelAwareSmoothing(class_counts, eps_head=eps_head, eps_tail=eps_tail, shape=shape, power=power)
 
 
-def build_loss(name: str, class_counts: Sequence[int], **params) -> LTLoss:
-    """Loss `name` from LOSSES; unknown names or parameters raise ConfigError listing the valid ones."""
-    return LOSSES.build(name, class_counts, **params)
+def build_loss(name: str, class_counts: Sequence[int], num_images: Optional[int] = None, **params) -> nn.Module:
+    """Loss `name` from LOSSES; unknown names or parameters raise ConfigError listing the valid ones.
+
+    `num_images` (N, default sum(class_counts), right for one label per image) reaches the losses that use it."""
+    if num_images is None:
+        num_images = int(check_class_counts(class_counts).sum())
+    return LOSSES.build(name, class_counts, num_images=num_images, **params)
+
+
+# Registered in LOSSES on import (the multi-label losses: bce, focal_bce, cb_bce, db, asl).
+from ltpipe.multilabel import losses as _multilabel_losses  # noqa: E402,F401

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import precision_recall_fscore_support
 
+from ltpipe.checks import check_train_counts
 from ltpipe.errors import ConfigError
 from ltpipe.priors import posthoc_logit_adjust
 
@@ -28,7 +29,7 @@ def shot_groups(train_counts: Sequence[int], many_threshold: int = 100, few_thre
     if not 0 <= few_threshold <= many_threshold:
         raise ConfigError(f"shot thresholds need 0 <= few_threshold <= many_threshold, "
                           f"got few_threshold={few_threshold}, many_threshold={many_threshold}")
-    counts = _counts(train_counts)
+    counts = check_train_counts(train_counts)
     return np.where(counts > many_threshold, "many", np.where(counts < few_threshold, "few", "medium"))
 
 
@@ -97,7 +98,7 @@ def per_class_table(logits: np.ndarray, labels: np.ndarray, train_counts: Sequen
     precision, recall, support = _per_class_scores(logits, labels)
     return pd.DataFrame({
         "class": names,
-        "train_count": _counts(train_counts),
+        "train_count": check_train_counts(train_counts),
         "shot": shot_groups(train_counts, many_threshold, few_threshold),
         "test_count": support.astype(np.int64),
         "accuracy": recall,
@@ -142,13 +143,6 @@ def _recall_summaries(recall: np.ndarray) -> Dict[str, float]:
             "geometric_mean_recall": geometric, "min_recall": float(recall.min())}
 
 
-def _counts(train_counts: Sequence[int]) -> np.ndarray:
-    counts = np.asarray(train_counts)
-    if counts.ndim != 1 or counts.size == 0 or not np.issubdtype(counts.dtype, np.integer) or np.any(counts < 0):
-        raise ConfigError(f"train_counts must be a non-empty 1-D sequence of integers >= 0, got {train_counts!r}")
-    return counts.astype(np.int64)
-
-
 def _check_logits_labels(logits: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels)
@@ -170,7 +164,7 @@ def _check_logits_labels(logits: np.ndarray, labels: np.ndarray) -> Tuple[np.nda
 def _check_inputs(logits: np.ndarray, labels: np.ndarray,
                   train_counts: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
     logits, labels = _check_logits_labels(logits, labels)
-    if len(_counts(train_counts)) != logits.shape[1]:
+    if len(check_train_counts(train_counts)) != logits.shape[1]:
         raise ConfigError(f"train_counts has {len(train_counts)} classes but logits have {logits.shape[1]}; "
                           f"they must match")
     return logits, labels

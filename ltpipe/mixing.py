@@ -19,7 +19,8 @@ from ltpipe.losses import check_class_counts
 from ltpipe.registry import Registry
 from ltpipe.types import Float, PosFloat, UnitFloat
 
-MIXERS = Registry("mixer", fixed=("class_counts",))
+# Mixing needs one label per image, except the identity (`none`), which every task uses when it does not mix.
+MIXERS = Registry("mixer", fixed=("class_counts",), tasks=("multiclass",))
 
 Mixed = Tuple[torch.Tensor, torch.LongTensor, torch.LongTensor, torch.Tensor]
 
@@ -60,17 +61,18 @@ def _lam_vector(lam: float, y: torch.Tensor) -> torch.Tensor:
 
 
 class Mixer:
-    """No mixing: returns (x, y, y, 1)."""
+    """No mixing: returns (x, y, y, 1), for labels of any format (class indices or multi-hot rows)."""
 
     def __init__(self, class_counts: Sequence[int]):
         self.counts = check_class_counts(class_counts)
 
-    def __call__(self, x: torch.Tensor, y: torch.LongTensor, generator: torch.Generator) -> Mixed:
-        _check_batch(x, y)
-        return self.mix(x, y.long(), generator)
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> Mixed:
+        if not isinstance(y, torch.Tensor) or not isinstance(x, torch.Tensor) or y.shape[:1] != x.shape[:1]:
+            raise ConfigError("mixers take a batch x and its labels y with one row per image")
+        return x, y, y, torch.ones(y.shape[0], dtype=torch.float32, device=y.device)
 
     def mix(self, x: torch.Tensor, y: torch.LongTensor, generator: torch.Generator) -> Mixed:
-        return x, y, y, _lam_vector(1.0, y)
+        raise NotImplementedError
 
     @staticmethod
     def partner(y: torch.Tensor, generator: torch.Generator) -> torch.LongTensor:
@@ -85,6 +87,10 @@ class Mixup(Mixer):
     def __init__(self, class_counts: Sequence[int], *, alpha: float = 1.0):
         super().__init__(class_counts)
         self.alpha = check_real(f"{type(self).__name__.lower()}: alpha", alpha, low=0.0, include_low=False)
+
+    def __call__(self, x: torch.Tensor, y: torch.LongTensor, generator: torch.Generator) -> Mixed:
+        _check_batch(x, y)
+        return self.mix(x, y.long(), generator)
 
     def mix(self, x, y, generator):
         perm = self.partner(y, generator)
@@ -135,7 +141,7 @@ class Remix(Mixup):
         return mixed, y_a, y_b, remix_label_weight(counts[y_a], counts[y_b], lam_x, self.kappa, self.tau)
 
 
-@MIXERS.register("none")
+@MIXERS.register("none", tasks=("multiclass", "multilabel"))
 def no_mixing(class_counts: Sequence[int]) -> Mixer:
     """Identity: x_mixed = x, y_a = y_b = y, lam = 1."""
     return Mixer(class_counts)

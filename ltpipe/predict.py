@@ -88,7 +88,8 @@ class Predictor:
 
     @torch.inference_mode()
     def probabilities(self, split: PreparedSplit) -> torch.Tensor:
-        """softmax(head(backbone(x))) of every image of `split`, (N, C), on the CPU."""
+        """The class probabilities of every image of `split`, (N, C), on the CPU: the softmax of the logits for one
+        label per image, each class's sigmoid for multi-label data (the task of data/prepared)."""
         loader = BatchLoader(split, batch_size=BATCH_SIZE, mean=self.info["mean"], std=self.info["std"], train=False,
                              image_size=self.info.get("image_size"), device=self.device)
         num_classes = len(self.prepared.classes)
@@ -98,7 +99,7 @@ class Predictor:
             # A head from another data set (a stale artifacts/ folder) would print wrong names.
             raise ConfigError(f"the model has {logits.shape[1]} outputs but data/prepared has {num_classes} classes; "
                               f"run `dvc repro` so they match")
-        return torch.softmax(logits.double(), dim=1)
+        return self.prepared.task.probabilities(logits.double())
 
     def predict(self, paths: Sequence[str], top_k: int = 5) -> Tuple[List[Prediction], Dict[str, str]]:
         """Top-k classes of every readable image, in input order, and {path: error} for the others.

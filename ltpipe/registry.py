@@ -30,31 +30,48 @@ class RegistryRef:
 class Registry:
     """Maps names to factories; unknown names and bad keyword arguments fail with the valid choices.
 
-    `fixed` names the leading arguments the caller supplies (data, class counts, ...): they are not params keys.
+    `fixed` names the arguments the caller supplies (data, class counts, ...): they are not params keys, and each is
+    passed only to the factories whose signature has it (a loss that needs the number of training images declares
+    `num_images`, the others do not). `tasks` are the tasks (`ltpipe.tasks`) an entry fits unless it registers its
+    own; None: every task.
     """
 
-    def __init__(self, kind: str, fixed: Iterable[str] = ()):
+    def __init__(self, kind: str, fixed: Iterable[str] = (), tasks: Iterable[str] | None = None):
         self.kind = kind
         self.fixed = tuple(fixed)
+        self.default_tasks = None if tasks is None else tuple(tasks)
         self._factories: Dict[str, Callable[..., Any]] = {}
         self._checks: Dict[str, Callable[[Dict[str, Any]], None]] = {}
+        self._tasks: Dict[str, tuple[str, ...] | None] = {}
 
-    def register(self, name: str | None = None, *, check: Callable[[Dict[str, Any]], None] | None = None
-                 ) -> Callable[[Callable], Callable]:
-        """`check(kwargs)` (optional) validates relations between keyword arguments; it raises ValueError."""
+    def register(self, name: str | None = None, *, check: Callable[[Dict[str, Any]], None] | None = None,
+                 tasks: Iterable[str] | None = None) -> Callable[[Callable], Callable]:
+        """`check(kwargs)` (optional) validates relations between keyword arguments; it raises ValueError.
+        `tasks`: the tasks this entry fits (default: the registry's)."""
         def wrap(fn: Callable) -> Callable:
             key = name or fn.__name__
             if key in self._factories:
                 raise KeyError(f"{self.kind} {key!r} registered twice")
             self._factories[key] = fn
+            self._tasks[key] = self.default_tasks if tasks is None else tuple(tasks)
             if check is not None:
                 self._checks[key] = check
             return fn
 
         return wrap
 
-    def names(self) -> list[str]:
-        return sorted(self._factories)
+    def names(self, task: str | None = None) -> list[str]:
+        """All names, or those that fit `task`."""
+        return sorted(n for n in self._factories if task is None or self.fits(n, task))
+
+    def fits(self, name: str, task: str) -> bool:
+        """Whether entry `name` works for `task` (an entry registered without tasks fits every task)."""
+        tasks = self._tasks[self.check_name(name)]
+        return tasks is None or task in tasks
+
+    def task_tags(self) -> set[str]:
+        """Every task some entry names (tests check these are real tasks)."""
+        return {t for tasks in self._tasks.values() if tasks for t in tasks}
 
     def __contains__(self, name: str) -> bool:
         return name in self._factories
@@ -72,6 +89,12 @@ class Registry:
         entry's keyword arguments."""
         return typing.Annotated[str, AfterValidator(self.check_name), RegistryRef(self)]
 
+    def name_arguments(self, name: str) -> Dict[str, "Registry"]:
+        """The keyword arguments of entry `name` that name an entry of another registry (`loss: LossName`)."""
+        fn = self._factories[self.check_name(name)]
+        hints = _annotations(fn)
+        return {p: ref.registry for p in inspect.signature(fn).parameters for ref in _registry_refs(hints.get(p))}
+
     def kwargs_model(self, name: str) -> type[BaseModel]:
         """The pydantic model of entry `name`'s keyword arguments (types, ranges and defaults from its signature)."""
         return _kwargs_model(self, self.check_name(name))
@@ -88,10 +111,17 @@ class Registry:
             raise ConfigError("\n".join(f"{self.kind} {name!r}: {line}" for line in lines)) from None
 
     def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        """Call entry `name`; keyword arguments named in `fixed` pass through, the others are validated."""
-        fixed = {k: v for k, v in kwargs.items() if k in self.fixed}
+        """Call entry `name`; keyword arguments named in `fixed` pass through to a factory that takes them, the others
+        are validated."""
+        factory = self.get(name)
+        taken = _parameter_names(factory)
+        fixed = {k: v for k, v in kwargs.items() if k in self.fixed and k in taken}
         block = {k: v for k, v in kwargs.items() if k not in self.fixed}
-        return self.get(name)(*args, **fixed, **self.validate_kwargs(name, block))
+        return factory(*args, **fixed, **self.validate_kwargs(name, block))
+
+
+def _parameter_names(fn: Callable) -> set[str]:
+    return set(inspect.signature(fn).parameters)
 
 
 def _annotations(fn: Callable) -> Dict[str, Any]:

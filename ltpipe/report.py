@@ -20,6 +20,9 @@ from ltpipe.errors import ConfigError
 KEY_PARAMS = ("loss", "stage2.method", "model.backbone", "dataset.name", "imbalance.factor", "seed")
 KEY_METRICS = ("accuracy", "many_shot", "medium_shot", "few_shot", "balanced_accuracy", "geometric_mean_recall",
                "min_recall", "logit_adjusted_accuracy", "nll", "ece")
+# The key metrics of each task's evaluate report; a table shows those of the tasks its experiments ran.
+TASK_METRICS = {"multiclass": KEY_METRICS,
+                "multilabel": ("mAP", "head_mAP", "medium_mAP", "tail_mAP", "micro_f1", "macro_f1")}
 PER_CLASS_PATH = "metrics/per_class.csv"
 PER_CLASS_COLUMNS = ("class", "train_count", "shot", "accuracy")
 WORKSPACE = "workspace"
@@ -55,12 +58,16 @@ def iter_experiments(exp_show: Sequence[Dict[str, Any]]) -> Iterator[Tuple[Dict[
 
 
 def experiments_table(exp_show: Sequence[Dict[str, Any]], params: Sequence[str] = KEY_PARAMS,
-                      metrics: Sequence[str] = KEY_METRICS, differing: bool = True) -> pd.DataFrame:
+                      metrics: Optional[Sequence[str]] = None, differing: bool = True) -> pd.DataFrame:
     """One row per experiment: experiment, rev, state, baseline, the `params`, then (with `differing`) every other
     param whose value is not the same in all rows (e.g. train.epochs, train.lr), then the `metrics` (dotted names
-    into nested files; missing or null values are NaN). Values from every params / metrics file are merged."""
+    into nested files; missing or null values are NaN; default: the key metrics of the tasks the experiments ran).
+    Values from every params / metrics file are merged."""
     entries = list(iter_experiments(exp_show))
     all_params = [_merged_file_data((entry.get("data") or {}).get("params")) for entry, _, _ in entries]
+    if metrics is None:
+        tasks = {found.get("task", "multiclass") for found in all_params if found} or {"multiclass"}
+        metrics = [m for task, names in TASK_METRICS.items() if task in tasks for m in names]
     if differing:
         keys = dict.fromkeys(k for found in all_params for k in found if k not in params)
         present = [found for found in all_params if found]  # a failed experiment has no params to compare

@@ -1,37 +1,29 @@
 """Epoch samplers: which training indices form one epoch (stage 1 on images, stage 2 on cached features).
 
-Every sampler is deterministic in (seed, epoch) and draws in two vectorised steps: a class per slot, then a uniform
-member of that class (offset into the class-sorted index list + floor(u * n_j)).
+Labels are either int64 class indices (N,) or an (N, C) multi-hot matrix (`ltpipe.tasks`); every sampler draws from
+the same structure, each class's images in class-major order, so one implementation serves both. Every sampler is
+deterministic in (seed, epoch) and draws in two vectorised steps: a class per slot, then an image holding that class.
+For one label per image, p_j is the probability that a drawn image belongs to class j; for multi-label data it is the
+probability that a draw picks class j (the drawn image holds j and possibly other classes).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
 from ltpipe.checks import check_int, check_real
 from ltpipe.errors import ConfigError
 from ltpipe.registry import Registry
+from ltpipe.tasks import task_of
 from ltpipe.types import NonNegFloat, PosInt
 
-SAMPLERS = Registry("sampler", fixed=("labels", "num_classes"))
+MULTICLASS_AND_MULTILABEL = ("multiclass", "multilabel")
+SAMPLERS = Registry("sampler", fixed=("labels", "num_classes"), tasks=("multiclass",))
 SamplerName = SAMPLERS.name_type()
 
 # Large prime multiplier: (seed, epoch) pairs map to distinct generator seeds for any realistic epoch count.
 _SEED_STRIDE = 1_000_003
-
-
-def _check_labels(labels: Any, num_classes: int) -> torch.Tensor:
-    check_int("num_classes", num_classes, 1)
-    labels = torch.as_tensor(labels)
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise ConfigError(f"labels must be an integer tensor, got dtype {labels.dtype}")
-    if labels.dim() != 1 or labels.numel() == 0:
-        raise ConfigError(f"labels must be a non-empty 1-D tensor, got shape {tuple(labels.shape)}")
-    lo, hi = int(labels.min()), int(labels.max())
-    if lo < 0 or hi >= num_classes:
-        raise ConfigError(f"labels must lie in [0, {num_classes - 1}] (num_classes={num_classes}), found [{lo}, {hi}]")
-    return labels.long()
 
 
 def _check_epoch(epoch: int, total_epochs: int) -> None:
@@ -47,20 +39,22 @@ def _power_probabilities(counts: torch.Tensor, q: float) -> torch.Tensor:
 
 
 class Sampler:
-    """Base class: counts, class-sorted indices and per-class offsets, and the class-then-member draw."""
+    """Base class: images per class, each class's images (class-major) and offsets, and the class-then-image draw."""
 
-    def __init__(self, labels: torch.LongTensor, num_classes: int):
-        self.labels = _check_labels(labels, num_classes)
+    def __init__(self, labels: torch.Tensor, num_classes: int):
+        check_int("num_classes", num_classes, 1)
+        self.labels = task_of(labels).check(labels, num_classes)
+        if self.labels.shape[0] == 0:
+            raise ConfigError("labels must hold at least one image, got none")
         self.num_classes = num_classes
-        self.counts = torch.bincount(self.labels, minlength=num_classes)
-        self.sorted_indices = torch.argsort(self.labels, stable=True)
+        self.counts, self.sorted_indices = task_of(labels).members(self.labels, num_classes)
         self.offsets = torch.cumsum(self.counts, 0) - self.counts
 
     def __len__(self) -> int:
-        return self.labels.numel()
+        return self.labels.shape[0]
 
     def class_probabilities(self, epoch: int, total_epochs: int) -> torch.Tensor:
-        """(C,) float64 probability that one drawn index belongs to class j; sums to 1."""
+        """(C,) float64 probability that one draw is for class j; sums to 1."""
         raise NotImplementedError
 
     def epoch_indices(self, epoch: int, total_epochs: int, seed: int) -> torch.LongTensor:
@@ -85,10 +79,10 @@ class Sampler:
         return self.sorted_indices[self.offsets[classes] + within]
 
 
-@SAMPLERS.register("instance")
+@SAMPLERS.register("instance", tasks=MULTICLASS_AND_MULTILABEL)
 class InstanceSampler(Sampler):
     """Instance-balanced sampling (Kang et al., "Decoupling Representation and Classifier for Long-Tailed Recognition",
-    ICLR 2020): a random permutation, each sample once per epoch, so p_j = n_j / N."""
+    ICLR 2020): a random permutation, each sample once per epoch, so p_j = n_j / N (for one label per image)."""
 
     def class_probabilities(self, epoch: int, total_epochs: int) -> torch.Tensor:
         return _power_probabilities(self.counts, 1.0)
@@ -152,32 +146,71 @@ class ReversedSampler(Sampler):
         return _power_probabilities(self.counts, -1.0)
 
 
-@SAMPLERS.register("class_aware")
+@SAMPLERS.register("class_aware", tasks=MULTICLASS_AND_MULTILABEL)
 class ClassAwareSampler(Sampler):
     """Class-aware sampling (Shen et al., "Relay Backpropagation for Effective Learning of Deep Convolutional Neural
-    Networks", ECCV 2016; ClassAwareSampler of Kang et al., ICLR 2020): classes visited in shuffled round-robin order,
-    `samples_per_class` consecutive uniform draws from each visited class, so p_j = 1 / C over present classes.
+    Networks", ECCV 2016), the ClassAwareSampler of Kang et al. (ICLR 2020, classifier-balancing) and of Wu et al.
+    (ECCV 2020, DistributionBalancedLoss), which are the same algorithm: pick a class, cycling through the present
+    classes in an order reshuffled at every pass, then take `samples_per_class` consecutive images holding it from the
+    class's own image list, also cycled and reshuffled at every pass (an image is not repeated before its class's
+    list is used up). Every present class is picked equally often: p_j = 1 / C over present classes.
+
+    For multi-label data an image's labels besides the picked class are whatever it holds, so label frequencies are
+    not equalised. An epoch has N draws (one per training image) unless `reduce` is set: then int(max_j n_j * C /
+    reduce) draws, the DB code's epoch (reduce 4 there). Unlike both codes, whose cycles run on across epochs from one
+    seed, each epoch starts fresh cycles from its own (seed, epoch) generator.
     """
 
-    def __init__(self, labels: torch.LongTensor, num_classes: int, samples_per_class: PosInt = 4):
+    def __init__(self, labels: torch.Tensor, num_classes: int, samples_per_class: PosInt = 4,
+                 reduce: Optional[PosInt] = None):
         super().__init__(labels, num_classes)
         self.samples_per_class = check_int("class_aware sampler samples_per_class", samples_per_class, 1)
+        self.reduce = check_int("class_aware sampler reduce", reduce, 1, allow_none=True)
         self.present = torch.nonzero(self.counts > 0).flatten()
+        self.num_samples = self.labels.shape[0] if reduce is None else \
+            max(int(int(self.counts.max()) * num_classes / reduce), 1)
+
+    def __len__(self) -> int:
+        return self.num_samples
 
     def class_probabilities(self, epoch: int, total_epochs: int) -> torch.Tensor:
         return _power_probabilities(self.counts, 0.0)
 
-    def epoch_indices(self, epoch: int, total_epochs: int, seed: int) -> torch.LongTensor:
+    def epoch_draws(self, epoch: int, total_epochs: int, seed: int) -> tuple[torch.LongTensor, torch.LongTensor]:
+        """(picked class, image index) of every draw of the epoch, each (len(self),)."""
         generator = self._generator(epoch, total_epochs, seed)
+        device = self.labels.device
         runs = -(-len(self) // self.samples_per_class)
-        cycles = -(-runs // self.present.numel())
-        # one independent shuffle of the present classes per round-robin cycle
-        shuffles = torch.rand(cycles, self.present.numel(), generator=generator, device=self.labels.device).argsort(1)
+        passes = -(-runs // self.present.numel())
+        shuffles = torch.rand(passes, self.present.numel(), generator=generator, device=device).argsort(dim=1)
         visits = self.present[shuffles.flatten()[:runs]]
-        classes = visits.repeat_interleave(self.samples_per_class)[: len(self)]
-        return self._members(classes, generator)
+        classes = visits.repeat_interleave(self.samples_per_class)[:len(self)]
+        return classes, self._cycled_members(classes, generator)
+
+    def epoch_indices(self, epoch: int, total_epochs: int, seed: int) -> torch.LongTensor:
+        return self.epoch_draws(epoch, total_epochs, seed)[1]
+
+    def _cycled_members(self, classes: torch.Tensor, generator: torch.Generator) -> torch.LongTensor:
+        """The k-th draw of class j is entry k of j's stream: its images in a fresh random order per pass."""
+        device = classes.device
+        draws = torch.bincount(classes, minlength=self.num_classes)
+        passes = torch.where(self.counts > 0, -(-draws // self.counts.clamp_min(1)), 0)
+        block = passes * self.counts  # length of class j's stream
+        block_start = torch.cumsum(block, 0) - block
+        owner = torch.repeat_interleave(torch.arange(block.numel(), device=device), block)
+        position = torch.arange(owner.numel(), device=device) - block_start[owner]
+        image = self.sorted_indices[self.offsets[owner] + position % self.counts[owner]]
+        # Shuffle within each (class, pass) group: sort by a random key, then stably by the group's first position.
+        group = block_start[owner] + (position // self.counts[owner]) * self.counts[owner]
+        by_key = torch.rand(owner.numel(), generator=generator, device=device).argsort()
+        stream = image[by_key[torch.argsort(group[by_key], stable=True)]]
+        order = torch.argsort(classes, stable=True)
+        draw_start = torch.cumsum(draws, 0) - draws
+        k = torch.empty_like(classes)
+        k[order] = torch.arange(classes.numel(), device=device) - draw_start[classes[order]]
+        return stream[block_start[classes] + k]
 
 
-def build_sampler(name: str, labels: torch.LongTensor, num_classes: int, **params: Any) -> Sampler:
+def build_sampler(name: str, labels: torch.Tensor, num_classes: int, **params: Any) -> Sampler:
     """Sampler `name` from SAMPLERS; unknown names or parameters raise ConfigError listing the valid ones."""
     return SAMPLERS.build(name, labels, num_classes, **params)

@@ -10,7 +10,9 @@ import functools
 from pathlib import Path
 from typing import Annotated, Any, Dict, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, create_model, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, Strict, ValidationError, ValidationInfo, create_model,
+                      field_validator, model_validator)
+from pydantic_core import PydanticCustomError
 
 from ltpipe.errors import ConfigError
 from ltpipe.registry import BLOCK_CONFIG, Registry
@@ -36,22 +38,43 @@ def kwargs_of(blocks: BaseModel, name: str) -> Dict[str, Any]:
     return dict(getattr(blocks, name))
 
 
+Fraction = Annotated[Float, Field(gt=0, lt=1)]
+
+
+class Pareto(Section):
+    """imbalance.pareto: the DB paper's Pareto target counts (multilabel task; `ltpipe.multilabel.imbalance`)."""
+
+    n_min: PosInt = 1
+    shape: PosFloat = 6.0
+    tail: Fraction = 0.99  # the quantile of the Pareto distribution the rarest class sits at
+
+
+# The long-tailed profiles each task can build: LDAM's per-class counts, or the DB builder for sets of labels.
+PROFILES = {"multiclass": ("exp", "step", "none"), "multilabel": ("pareto", "none")}
+
+
 class Imbalance(Section):
-    profile: Literal["exp", "step", "none"] = "exp"
+    profile: Literal["exp", "step", "pareto", "none"] = "exp"
     factor: Annotated[Float, Field(ge=1)] = 10.0  # n_max / n_min
     n_max: Optional[PosInt] = None
     class_order: Literal["index", "shuffle"] = "index"
+    pareto: Pareto = Field(default_factory=Pareto)
 
 
 class Split(Section):
     val_from: Literal["train", "test", "source"] = "train"
     val_per_class: PosInt = 20
     test_per_class: PosInt = 30
+    val_fraction: Fraction = 0.1  # multilabel: the share of images carved for val / test when the source has none
+    test_fraction: Fraction = 0.2
 
 
 class Evaluate(Section):
     many_threshold: NonNegInt = 100
     few_threshold: NonNegInt = 20
+    head_threshold: NonNegInt = 100  # multilabel groups (Wu et al., ECCV 2020): head >= 100, tail < 20 train images
+    tail_threshold: NonNegInt = 20
+    f1_thresholds: Literal["per_class", "global"] = "per_class"
     logit_adjust_tau: Float = 1.0
     tsne: Bool = False
     tsne_max_points: Annotated[int, Strict(), Field(ge=2)] = 2000
@@ -61,6 +84,9 @@ class Evaluate(Section):
         if self.few_threshold > self.many_threshold:
             raise relation_error("few_threshold", self.few_threshold,
                                  f"must be <= many_threshold ({self.many_threshold})")
+        if self.tail_threshold > self.head_threshold:
+            raise relation_error("tail_threshold", self.tail_threshold,
+                                 f"must be <= head_threshold ({self.head_threshold})")
         return self
 
 
@@ -114,6 +140,7 @@ def params_model() -> type[BaseModel]:
     from ltpipe.losses import LOSSES
     from ltpipe.mixing import MIXERS
     from ltpipe.samplers import SAMPLERS
+    from ltpipe.tasks import TASKS
     from ltpipe.train.schedule import SCHEDULES
 
     from ltpipe.models import STAGE1_HEADS
@@ -142,14 +169,14 @@ def params_model() -> type[BaseModel]:
 
         @field_validator("pretrained")
         @classmethod
-        def _under_the_dependency_folder(cls, path: Optional[str]) -> Optional[str]:
+        def _under_the_dependency_folder(cls, path: Optional[str], info: ValidationInfo) -> Optional[str]:
             if path is None:
                 return path
             parts = Path(path).parts
             if Path(path).is_absolute() or parts[:2] != tuple(PRETRAINED_DIR.split("/")) or ".." in parts:
                 raise ValueError(f"must be a file under {PRETRAINED_DIR}/ (that folder is a dependency of "
                                  "train_backbone in dvc.yaml: replacing the file reruns stage 1)")
-            if not Path(path).is_file():
+            if (info.context or {}).get("check_files", True) and not Path(path).is_file():
                 raise ValueError("no such file (put the weights file there, or set null)")
             return path
 
@@ -210,6 +237,7 @@ def params_model() -> type[BaseModel]:
     class Params(Section):
         recipe: str = "none"  # the conf/recipe/ file that composed these params; informational, no stage reads it
         seed: NonNegInt = 0
+        task: TASKS.name_type() = "multiclass"  # type: ignore[valid-type]
         dataset: Dataset = Field(default_factory=Dataset)  # type: ignore[valid-type]
         imbalance: Imbalance = Field(default_factory=Imbalance)
         split: Split = Field(default_factory=Split)
@@ -252,6 +280,31 @@ def params_model() -> type[BaseModel]:
             if self.stage2.method == "tde" and self.model.head != "causal":
                 raise relation_error("stage2.method", "tde", "needs the causal head of stage 1: set model.head: causal")
             return self
+
+        @model_validator(mode="after")
+        def _fits_the_task(self):
+            lines = [f"{key}: {name!r}: does not fit task {self.task!r}; valid choices for {self.task}: "
+                     f"{', '.join(registry.names(self.task))}"
+                     for key, registry, name in self._task_choices() if not registry.fits(name, self.task)]
+            if self.imbalance.profile not in PROFILES[self.task]:
+                lines.append(f"imbalance.profile: {self.imbalance.profile!r}: does not fit task {self.task!r}; valid "
+                             f"choices for {self.task}: {', '.join(PROFILES[self.task])}")
+            if self.stage2.ensemble.enabled and self.task != "multiclass":
+                lines.append(f"stage2.ensemble.enabled: True: does not fit task {self.task!r}: the ensemble averages "
+                             f"softmax probabilities of one label per image; set it false")
+            if lines:
+                raise PydanticCustomError("nested", "; ".join(lines), {"lines": lines})
+            return self
+
+        def _task_choices(self):
+            """(key, registry, chosen name) of every choice of a registry entry, stage 2's loss and sampler too."""
+            choices = [("dataset.name", SOURCES, self.dataset.name), ("loss", LOSSES, self.loss),
+                       ("train.sampler", SAMPLERS, self.train.sampler), ("train.mixer", MIXERS, self.train.mixer),
+                       ("stage2.method", STAGE2, self.stage2.method)]
+            method = self.stage2.method
+            for arg, registry in STAGE2.name_arguments(method).items():
+                choices.append((f"stage2.{method}.{arg}", registry, self.stage2_kwargs()[arg]))
+            return choices
 
         @model_validator(mode="after")
         def _device_exists(self):
@@ -312,14 +365,17 @@ def _plain(value: Any) -> Any:
     return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
 
 
-def validate_params(raw: Any, source: str = "params.yaml") -> BaseModel:
-    """The validated Params, or ConfigError with one line per problem (`<key path>: <value>: <rule>`)."""
+def validate_params(raw: Any, source: str = "params.yaml", *, check_files: bool = True) -> BaseModel:
+    """The validated Params, or ConfigError with one line per problem (`<key path>: <value>: <rule>`).
+
+    check_files=False leaves out whether files the params name exist on this machine (model.pretrained): a recipe
+    names the files of the machine it is meant to run on; the stages always check."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections (seed, dataset, train, ...), "
                           f"got a {type(raw).__name__}")
     model = params_model()
     try:
-        return model.model_validate(raw)
+        return model.model_validate(raw, context={"check_files": check_files})
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, "", model)) from None
 

@@ -34,7 +34,7 @@ def retrain_classifier(params, prepared_dir, model_dir, features_dir, out_dir) -
         train_labels=prepared.split("train").labels.to(device),
         val_features=load_features(features_dir, "val", device), val_labels=prepared.split("val").labels.to(device),
         class_counts=list(prepared.class_counts), base_head=base_head,
-        seed=params.seed if params.stage2.seed is None else params.stage2.seed)
+        seed=params.seed if params.stage2.seed is None else params.stage2.seed, task=prepared.task)
     head, info = fit_stage2(method, data, **params.stage2_kwargs())
     ensemble = params.stage2.ensemble
     if ensemble.enabled:

@@ -1,4 +1,5 @@
 """Shared fixtures: `project` is a temporary copy of the real pipeline after `dvc repro` with tiny params."""
+import json
 import os
 import shutil
 import subprocess
@@ -47,17 +48,23 @@ def set_defaults(root: Path, updates):
     set_params(root / "params.yaml", updates)
 
 
-@pytest.fixture(scope="session")
-def project(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("pipeline")
+def make_project(tmp: Path, defaults) -> Path:
+    """A git + DVC repository in `tmp` holding a copy of the pipeline, with `defaults` set in conf/config.yaml and
+    params.yaml, committed."""
     for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy(ROOT / name, tmp / name)
     for name in ("stages", "ltpipe", "conf", "data/pretrained"):
         shutil.copytree(ROOT / name, tmp / name, ignore=shutil.ignore_patterns("__pycache__"))
-    set_defaults(tmp, TINY)
+    set_defaults(tmp, defaults)
     run("git init -q && dvc init -q && dvc config core.analytics false && dvc config hydra.enabled true", tmp)
     shutil.copytree(ROOT / ".dvc/plots", tmp / ".dvc/plots")  # the project's custom plot templates
     run("git add -A && git commit -qm init", tmp)
+    return tmp
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory):
+    tmp = make_project(tmp_path_factory.mktemp("pipeline"), TINY)
     repro = run("dvc repro", tmp)
     run("git add -A && git commit -qm baseline", tmp)
     return tmp, repro.stdout + repro.stderr
@@ -67,6 +74,11 @@ def stages_ran(output: str):
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
+def plots_json(root) -> dict:
+    """`dvc plots show --json` of the workspace; every declared plot must load (no "errors" entry)."""
+    shown = json.loads(run("dvc plots show --json", root).stdout)
+    assert not shown.get("errors"), shown.get("errors")
+    return shown["data"]
 
 
 def checkout_baseline(root):

@@ -388,7 +388,8 @@ def test_training_leaves_the_global_rng_alone():
     assert torch.equal(torch.rand(3), expected)
 
 
-@pytest.mark.parametrize("method", STAGE2.names())
+# tde needs a stage 1 with the causal head: tests/test_causal.py runs it on one.
+@pytest.mark.parametrize("method", [m for m in STAGE2.names() if m != "tde"])
 def test_every_method_smoke_and_save_load_round_trip(method, tmp_path, data):
     before = state(data.base_head)
     head, info = fit_stage2(method, data, **SMALL.get(method, {}))

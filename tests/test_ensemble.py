@@ -42,7 +42,7 @@ def test_save_load_round_trip_with_any_registered_heads(tmp_path):
     torch.manual_seed(0)
     old = CausalNormHead(4, 3, alpha=1.5)
     old.train()(torch.randn(5, 4))  # a moving average to keep
-    new = BBNHead(4, 3, hidden=5)
+    new = BBNHead(4, 3)
     ensemble = ensemble_heads(old, new, t_old=1.5, t_new=0.7)
     save_head(tmp_path / "head.safetensors", ensemble)
     again = load_head(tmp_path / "head.safetensors").eval()

@@ -11,6 +11,7 @@ from ltpipe.errors import ConfigError
 from ltpipe.losses import LOSSES, build_loss, class_balanced_weights, ldam_margins, las_smoothing
 from conftest import ROOT
 
+# The one-label-per-image losses (LOSSES.names("multiclass")); the multi-label ones: tests/test_multilabel_losses.py.
 # Long-tailed counts with one empty class (index 5): it is never a target but sits in every softmax.
 COUNTS = [120, 45, 20, 7, 3, 0, 1]
 C = len(COUNTS)
@@ -89,7 +90,7 @@ def log_pi():
 
 
 # ------------------------------------------------------------------------------------------------------ smoke test
-@pytest.mark.parametrize("name", LOSSES.names())
+@pytest.mark.parametrize("name", LOSSES.names("multiclass"))
 def test_smoke_default_params(name):
     loss_fn = build_loss(name, COUNTS)
     loss_fn.set_epoch(3, 4)  # past any curriculum start, so every term is active
@@ -107,7 +108,7 @@ def test_smoke_default_params(name):
         assert features.grad is None
 
 
-@pytest.mark.parametrize("name", LOSSES.names())
+@pytest.mark.parametrize("name", LOSSES.names("multiclass"))
 def test_dtype_follows_logits(name):
     loss_fn = build_loss(name, COUNTS)
     logits, target, features = make_batch(dtype=torch.float64)
@@ -217,7 +218,7 @@ def test_cb_focal_is_the_reference_sigmoid_focal_loss(beta, gamma):
 def test_cb_focal_starts_the_bias_at_the_reference_prior():
     # class-balanced-loss model_base.py: bias_initializer=tf.constant_initializer(-np.log(out_dim - 1))
     assert build_loss("cb_focal", FULL).initial_bias == pytest.approx(-np.log(len(FULL) - 1))
-    for name in set(LOSSES.names()) - {"cb_focal"}:
+    for name in set(LOSSES.names("multiclass")) - {"cb_focal"}:
         assert build_loss(name, COUNTS).initial_bias is None, name
 
 
@@ -468,5 +469,5 @@ def test_zero_count_class_gives_finite_values():
     # documented choice: an empty class is well defined (weight 0, margin 0, clamped prior), not an error
     assert float(class_balanced_weights(COUNTS, 0.0)[5]) == 0.0
     logits, target, features = make_batch()
-    for name in LOSSES.names():
+    for name in LOSSES.names("multiclass"):
         assert torch.isfinite(build_loss(name, COUNTS)(logits, target, features)).all(), name

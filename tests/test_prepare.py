@@ -133,9 +133,9 @@ def test_val_from_test(tmp_path):
 
 
 @pytest.mark.parametrize("updates, message", [
-    ({"dataset__name": "mnist"}, "cifar10, cifar100, digits, imagefolder, manifest"),
+    ({"dataset__name": "mnist"}, "cifar10, cifar100, coco, digits, imagefolder, label_csv, manifest, mosaic_digits"),
     ({"dataset__digits": {"root": "x"}}, "dataset.digits.root: unknown key; dataset.digits takes no keys"),
-    ({"imbalance__profile": "linear"}, "exp, step, none"),
+    ({"imbalance__profile": "linear"}, "exp, step, pareto, none"),
     ({"imbalance__factor": 0.5}, "imbalance.factor: 0.5: must be >= 1"),
     ({"imbalance__class_order": "random"}, "index, shuffle"),
     ({"imbalance__n_max": 0}, "imbalance.n_max: 0: must be >= 1"),

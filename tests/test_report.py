@@ -191,3 +191,16 @@ def test_report_of_real_experiments(two_experiments):
     assert not plots.get("errors"), plots["errors"]
     for name in ("per_class_accuracy", "confusion", "classifier_weight_norms", "training_loss", "tsne"):
         assert name in plots["data"], name
+
+
+def test_default_metrics_are_those_of_the_tasks_the_experiments_ran():
+    multilabel = {**PARAMS, "task": "multilabel", "loss": "db"}
+    runs = [state("a" * 40, "main", PARAMS, metrics_file({"accuracy": 0.6}), experiments=[
+        {"revs": [state("b" * 40, "ml", multilabel, metrics_file({"mAP": 0.5, "micro_f1": 0.4}))], "executor": None,
+         "name": "ml"}])]
+    table = experiments_table(runs)
+    assert {"accuracy", "many_shot", "mAP", "tail_mAP", "micro_f1"} <= set(table.columns)
+    assert table["mAP"].tolist()[1] == 0.5 and math.isnan(table["mAP"].tolist()[0])
+    assert table["task"].tolist()[1] == "multilabel", "a param that differs is shown"
+    only_multiclass = experiments_table([state("a" * 40, "main", PARAMS, metrics_file({}))])
+    assert "mAP" not in only_multiclass.columns and "accuracy" in only_multiclass.columns

@@ -200,3 +200,23 @@ def test_bad_epoch(labels, epoch, total):
         sampler.class_probabilities(epoch, total)
     with pytest.raises(ConfigError, match="epoch"):
         sampler.epoch_indices(epoch, total, seed=0)
+
+
+@pytest.mark.parametrize("name", SAMPLERS.names("multilabel"))
+def test_one_label_per_image_and_its_one_hot_matrix_draw_the_same(labels, name):
+    """One implementation for both label formats: 1-D labels and their one-hot rows give the same epoch."""
+    one_hot = torch.nn.functional.one_hot(labels, C).bool()
+    for seed in (0, 3):
+        assert torch.equal(build_sampler(name, labels, C).epoch_indices(2, T, seed),
+                           build_sampler(name, one_hot, C).epoch_indices(2, T, seed))
+
+
+def test_class_aware_cycles_a_class_before_repeating_an_image():
+    """Kang's and the DB code's RandomCycleIter: a class's images all come once before any comes again."""
+    small = torch.repeat_interleave(torch.arange(3), torch.tensor([2, 5, 9]))
+    idx = build_sampler("class_aware", small, 3, samples_per_class=1).epoch_indices(0, T, seed=0)
+    for j in range(3):
+        drawn = idx[small[idx] == j]
+        n = int((small == j).sum())
+        for start in range(0, drawn.numel() - n + 1, n):
+            assert torch.equal(drawn[start:start + n].sort().values, torch.nonzero(small == j).flatten())

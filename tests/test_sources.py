@@ -9,8 +9,8 @@ from ltpipe.errors import ConfigError
 
 
 def test_registry_names_and_unknown():
-    assert SOURCES.names() == ["cifar10", "cifar100", "digits", "imagefolder", "manifest"]
-    with pytest.raises(ConfigError, match="cifar10, cifar100, digits, imagefolder, manifest"):
+    assert SOURCES.names("multiclass") == ["cifar10", "cifar100", "digits", "imagefolder", "manifest"]
+    with pytest.raises(ConfigError, match="cifar10, cifar100, coco, digits, imagefolder, label_csv, manifest"):
         SOURCES.get("mnist")
     with pytest.raises(ConfigError, match="data set 'imagefolder': roots: unknown key; did you mean root?"):
         SOURCES.validate_kwargs("imagefolder", {"roots": "x"})

@@ -165,6 +165,6 @@ def test_stage1_hands_the_mixed_batch_to_the_loss(params, prepared, monkeypatch)
     runtime = Runtime(device=torch.device("cpu"))
     stage1._train_one_epoch(model, loader, build_sampler("instance", split.labels, len(counts)),
                             build_mixer("remix", counts), Spy(), optimizer, scheduler, runtime.grad_scaler(), runtime,
-                            0, 1, 0)
+                            0, 1, 0, load_prepared(prepared).task)
     assert seen and all(lam.shape == y_a.shape == y_b.shape for y_a, y_b, lam in seen)
     assert any(not torch.equal(y_a, y_b) for y_a, y_b, _ in seen)

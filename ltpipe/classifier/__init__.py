@@ -10,13 +10,13 @@ from typing import Any, Dict, Tuple
 
 from torch import nn
 
-from ltpipe.classifier.base import STAGE2, Stage2Data
+from ltpipe.classifier.base import BOTH_TASKS, STAGE2, Stage2Data
 from ltpipe.models.heads import LinearHead
 
 __all__ = ["STAGE2", "Stage2Data", "fit_stage2"]
 
 
-@STAGE2.register("none")
+@STAGE2.register("none", tasks=BOTH_TASKS)
 def none(data: Stage2Data) -> Tuple[LinearHead, Dict[str, Any]]:
     """The joint baseline of Kang et al. ("Decoupling Representation and Classifier for Long-Tailed Recognition",
     ICLR 2020): a copy of the stage-1 head, logits = s (W g(x) + b) unchanged."""

@@ -9,15 +9,20 @@ from torch import nn
 
 from ltpipe.models.heads import LinearHead
 from ltpipe.errors import ConfigError
+from ltpipe.multilabel.metrics import VALIDATION_METRICS
 from ltpipe.registry import Registry
+from ltpipe.tasks import Task, task_of
 
-STAGE2 = Registry("stage-2 method", fixed=("data", "progress"))
+# Methods fit the multiclass task unless they register the tasks they fit.
+STAGE2 = Registry("stage-2 method", fixed=("data", "progress"), tasks=("multiclass",))
+BOTH_TASKS = ("multiclass", "multilabel")
 
 
 @dataclass
 class Stage2Data:
-    """Frozen-backbone features of the train split and the balanced validation split (never the test set), the
-    train counts per class, the stage-1 head and the run seed."""
+    """Frozen-backbone features of the train split and the validation split (never the test set), their labels in
+    the task's format (int64 class indices (N,) or an (N, C) multi-hot matrix), the train images per class, the
+    stage-1 head, the run seed and the task (default: the one whose format the train labels have)."""
 
     train_features: torch.Tensor
     train_labels: torch.Tensor
@@ -26,18 +31,18 @@ class Stage2Data:
     class_counts: List[int]
     base_head: LinearHead
     seed: int
+    task: Optional[Task] = None
 
     def __post_init__(self) -> None:
         num_classes = len(self.class_counts)
+        self.task = self.task or task_of(self.train_labels)
         for split in ("train", "val"):
             x, y = getattr(self, f"{split}_features"), getattr(self, f"{split}_labels")
-            if x.dim() != 2 or y.dim() != 1 or x.shape[0] != y.shape[0]:
-                raise ConfigError(f"{split} features must be (N, D) and labels (N,), got {tuple(x.shape)} and "
-                                  f"{tuple(y.shape)}")
-            if y.numel() and not (0 <= int(y.min()) and int(y.max()) < num_classes):
-                raise ConfigError(f"{split} labels must lie in [0, {num_classes - 1}] (len(class_counts)="
-                                  f"{num_classes}), found [{int(y.min())}, {int(y.max())}]")
-        if self.train_labels.numel() == 0:
+            setattr(self, f"{split}_labels", self.task.check(y, num_classes, f"{split} labels").to(y.device))
+            if x.dim() != 2 or x.shape[0] != y.shape[0]:
+                raise ConfigError(f"{split} features must be (N, D) with one row per label row, got {tuple(x.shape)} "
+                                  f"and labels {tuple(y.shape)}")
+        if self.train_labels.shape[0] == 0:
             raise ConfigError("stage 2 needs at least one training feature, got none")
         if self.val_features.shape[1] != self.in_features:
             raise ConfigError(f"val features have dimension {self.val_features.shape[1]}, train features "
@@ -56,6 +61,10 @@ class Stage2Data:
     @property
     def in_features(self) -> int:
         return self.train_features.shape[1]
+
+    @property
+    def num_images(self) -> int:
+        return self.train_labels.shape[0]
 
     @property
     def device(self) -> torch.device:
@@ -99,5 +108,9 @@ def plain_copy(base: LinearHead) -> LinearHead:
 
 
 @torch.no_grad()
-def accuracy(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> float:
-    return (head(features).argmax(1) == labels).double().mean().item()
+def validation_score(head: nn.Module, data: Stage2Data) -> float:
+    """The task's selection metric (`Task.selection_metric`: top-1 accuracy for one label per image, micro F1 at the
+    best shared threshold for multi-label data) of `head` on the validation split."""
+    scores = head(data.val_features).double().cpu().numpy()
+    targets = data.task.multi_hot(data.val_labels.cpu(), data.num_classes).numpy()
+    return VALIDATION_METRICS[data.task.selection_metric](scores, targets)

@@ -7,7 +7,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ltpipe.classifier.base import STAGE2, Stage2Data, linear_like
+from ltpipe.classifier.base import BOTH_TASKS, STAGE2, Stage2Data, linear_like
 from ltpipe.models.heads import LinearHead
 from ltpipe.types import Bool, KwargsBlock, Milestones, NonNegFloat, OpenUnitFloat, PosFloat, PosInt
 from ltpipe.classifier.train import Recipe, Supervised, fit, sampler_and_loss
@@ -35,7 +35,7 @@ class ScaledLogits(nn.Module):
         return linear_like(self.head, self.f[:, None] * self.head.effective_weight(), bias)
 
 
-@STAGE2.register("lws")
+@STAGE2.register("lws", tasks=BOTH_TASKS)
 def lws(data: Stage2Data, *, epochs: PosInt = 5, lr: PosFloat = 0.1, batch_size: PosInt = 128,
         momentum: OpenUnitFloat = 0.9, weight_decay: NonNegFloat = 5e-4, schedule: ScheduleName = "cosine",
         milestones: Milestones = (), gamma: PosFloat = 0.1, sampler: SamplerName = "class_balanced",
@@ -44,7 +44,10 @@ def lws(data: Stage2Data, *, epochs: PosInt = 5, lr: PosFloat = 0.1, batch_size:
     """Learnable weight scaling (Kang et al., "Decoupling Representation and Classifier for Long-Tailed
     Recognition", ICLR 2020): logits_i = f_i * (w_i x + b_i), only f (init 1) learned, W and b frozen.
 
-    Returned as a LinearHead with weight f_i w_i and bias f_i b_i; info["scales"] holds f.
+    Returned as a LinearHead with weight f_i w_i and bias f_i b_i; info["scales"] holds f. For multi-label data (a
+    multi-label loss, class-aware sampling) a positive f_i keeps class i's score order and hence its AP: what changes
+    is which scores pass a threshold shared by the classes. Nothing keeps f_i positive (neither does the authors'
+    code); a negative one reverses the class's ranking, which the recorded scales show.
     """
     recipe = Recipe(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum, weight_decay=weight_decay,
                     schedule=schedule, milestones=milestones, gamma=gamma, progress=progress)

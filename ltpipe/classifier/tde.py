@@ -6,12 +6,12 @@ from typing import Any, Dict, Tuple
 
 from torch import nn
 
-from ltpipe.classifier.base import STAGE2, Stage2Data
+from ltpipe.classifier.base import BOTH_TASKS, STAGE2, Stage2Data
 from ltpipe.errors import ConfigError
 from ltpipe.types import NonNegFloat
 
 
-@STAGE2.register("tde")
+@STAGE2.register("tde", tasks=BOTH_TASKS)
 def tde(data: Stage2Data, *, alpha: NonNegFloat = 1.0) -> Tuple[nn.Module, Dict[str, Any]]:
     """Total direct effect (Tang, Huang & Zhang, "Long-Tailed Classification by Keeping the Good and Removing the Bad
     Momentum Causal Effect", NeurIPS 2020): z_c = sum_k (tau/K) <x^_k - alpha cos(x^_k, d^_k) d^_k, w_ck / (||w_ck||

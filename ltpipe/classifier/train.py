@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from ltpipe.checks import check_int, check_real
 from ltpipe.classifier.base import Stage2Data
+from ltpipe.errors import ConfigError
 from ltpipe.registry import as_kwargs
 from ltpipe.losses import LTLoss, build_loss
 from ltpipe.samplers import Sampler, build_sampler
@@ -65,7 +66,8 @@ def sampler_and_loss(data: Stage2Data, sampler: str, sampler_params: Optional[Ma
     """Both built from their names (ConfigError on unknown names or kwargs, listing the valid ones)."""
     built_sampler = build_sampler(sampler, data.train_labels, data.num_classes,
                                   **as_kwargs("sampler_params", sampler_params))
-    built_loss = build_loss(loss, data.class_counts, **as_kwargs("loss_params", loss_params)).to(data.device)
+    built_loss = build_loss(loss, data.class_counts, data.num_images,
+                            **as_kwargs("loss_params", loss_params)).to(data.device)
     return built_sampler, built_loss
 
 
@@ -75,9 +77,12 @@ def fit(params, data: Stage2Data, samplers: Sequence[Sampler], objective, recipe
 
     Each step takes one batch from every sampler's epoch (sampler k seeded with data.seed + k) and calls
     `objective(batches)`; `objective.set_epoch` runs at every epoch start and `project` (e.g. MaxNorm) at every
-    epoch end, without gradients.
+    epoch end, without gradients. An epoch is as long as the samplers' epochs, which must be equally long.
     """
-    n = data.train_labels.numel()
+    n = len(samplers[0])
+    if any(len(s) != n for s in samplers):
+        raise ConfigError(f"the samplers of one stage-2 method draw epochs of different lengths "
+                          f"({', '.join(str(len(s)) for s in samplers)}); leave their epoch length at its default")
     steps = math.ceil(n / recipe.batch_size)
     optimizer, scheduler = build_sgd(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
                                      steps_per_epoch=steps, epochs=recipe.epochs, warmup_epochs=0,

@@ -1,4 +1,7 @@
-"""Read what `prepare` wrote: class names and counts, info, and per split labels plus pixels or file paths."""
+"""Read what `prepare` wrote: class names and counts, info, and per split labels plus pixels or file paths.
+
+The labels are in the format of the task `prepare` recorded in info.json (`ltpipe.tasks`): int64 class indices (N,)
+or an (N, C) bool multi-hot matrix."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,13 +14,14 @@ import torch
 
 from ltpipe.errors import ConfigError
 from ltpipe.io import read_json
+from ltpipe.tasks import Task, get_task
 
 SPLITS = ("train", "val", "test")
 
 
 @dataclass
 class PreparedSplit:
-    labels: torch.Tensor  # int64 (N,)
+    labels: torch.Tensor  # int64 (N,), or bool (N, C) multi-hot for the multilabel task
     ids: List[str]
     images: torch.Tensor | None  # uint8 (N, H, W, Ch) when the data set is cached in memory
     paths: List[str] | None  # absolute file paths when images are streamed
@@ -31,6 +35,8 @@ class Prepared:
 
     def __init__(self, directory, classes: List[str], class_counts: List[int], info: Dict[str, Any]):
         self.dir, self.classes, self.class_counts, self.info = Path(directory), classes, class_counts, info
+        # Folders prepared before tasks existed hold one label per image.
+        self.task: Task = get_task(info.get("task", "multiclass"))
         self._splits: Dict[str, PreparedSplit] = {}
 
     def split(self, name: str) -> PreparedSplit:
@@ -41,8 +47,13 @@ class Prepared:
         return self._splits[name]
 
     def _load(self, name: str) -> PreparedSplit:
-        table = pd.read_csv(self.dir / f"{name}.csv", dtype={"id": str, "label": np.int64}, keep_default_na=False)
-        labels = torch.tensor(table["label"].to_numpy(dtype=np.int64))
+        path = self.dir / f"{name}.csv"
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        column = self.task.label_column
+        if list(table.columns) != ["id", column]:
+            raise ConfigError(f"{path}: columns {list(table.columns)}, expected ['id', {column!r}] for the "
+                              f"{self.task.name} task; run the prepare stage again")
+        labels = self.task.decode(table[column].tolist(), self.classes, str(path))
         ids = table["id"].tolist()
         if self.info["in_memory"]:
             images = torch.from_numpy(np.load(self.dir / f"{name}_images.npy"))

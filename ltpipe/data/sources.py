@@ -16,9 +16,10 @@ import numpy as np
 from ltpipe.checks import check_int
 from ltpipe.errors import ConfigError
 from ltpipe.registry import Registry
+from ltpipe.tasks import require_every_class
 from ltpipe.types import Bool, PosInt
 
-SOURCES = Registry("data set")
+SOURCES = Registry("data set", tasks=("multiclass",))
 SPLITS = ("train", "val", "test")
 MANIFEST_FORMATS = ("txt", "inat_json")
 
@@ -79,11 +80,7 @@ def check_labels(labels: np.ndarray, classes: Sequence[str], where: str) -> None
     if len(bad):
         raise ConfigError(f"{where}: label {int(labels[bad[0]])} at position {int(bad[0])} is out of range "
                           f"[0, {len(classes) - 1}]")
-    counts = np.bincount(labels, minlength=len(classes))
-    empty = np.flatnonzero(counts == 0)
-    if len(empty):
-        raise ConfigError(f"{where}: class {classes[empty[0]]!r} has no images "
-                          f"({len(empty)} empty class(es) in total); every class needs at least one")
+    require_every_class(np.bincount(labels, minlength=len(classes)), classes, where)
 
 
 # --------------------------------------------------------------------------------------------------- digits
@@ -346,3 +343,7 @@ def manifest(root: Optional[str] = None, train_list: Optional[str] = None, val_l
     classes = [names[cid] if names else str(cid) for cid in classes_by_id]
     check_labels(splits["train"].labels, classes, f"manifest train list {train_list!r}")
     return Source(classes=classes, splits=splits, root=str(root), image_size=image_size, skip_bad=bool(skip_bad))
+
+
+# Registered in SOURCES on import (the multi-label data sets: label_csv, coco, mosaic_digits).
+from ltpipe.multilabel import data as _multilabel_data  # noqa: E402,F401

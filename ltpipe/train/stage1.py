@@ -1,6 +1,11 @@
 """Stage 1: instance-balanced (or any sampler) training of backbone + linear classifier, resumable per epoch, on the
 runtime's device and precision, in one process or many (torchrun DDP: rank r trains on its share of every global
-batch; only rank 0 writes checkpoints, logs and outputs)."""
+batch; only rank 0 writes checkpoints, logs and outputs).
+
+The task comes from the prepared data (`ltpipe.tasks`): the loss gets its label format (class indices or multi-hot
+targets). Per epoch it logs train/loss, train/acc and train/lr, and on the validation split val/acc and val/map for
+both tasks: acc is the fraction of images whose top-scoring class is one of their labels (top-1 accuracy; precision@1
+for multi-label data), map the mean per-class AP of the class probabilities (softmax or sigmoid)."""
 from __future__ import annotations
 
 import math
@@ -19,6 +24,7 @@ from ltpipe.io import write_json
 from ltpipe.models import Classifier, save_classifier
 from ltpipe.models.freeze import freeze_stages
 from ltpipe.models.pretrained import load_pretrained
+from ltpipe.multilabel.metrics import VALIDATION_METRICS
 from ltpipe.runtime import Runtime, under_torchrun
 from ltpipe.samplers import build_sampler
 from ltpipe.schema import as_params
@@ -64,10 +70,10 @@ def _train(params, runtime: Runtime, prepared_dir, out_dir, live_dir, resume_dir
     cfg, seed = params.train, params.seed
     prepared = load_prepared(prepared_dir)
     train, val = prepared.split("train"), prepared.split("val")
-    counts, num_classes = prepared.class_counts, len(prepared.classes)
+    counts, num_classes, task = prepared.class_counts, len(prepared.classes), prepared.task
 
     # Everything that can reject params is built before the model trains one step.
-    loss_fn = build_loss(params.loss, counts, **params.loss_kwargs()).to(runtime.device)
+    loss_fn = build_loss(params.loss, counts, len(train), **params.loss_kwargs()).to(runtime.device)
     sampler = build_sampler(cfg.sampler, train.labels, num_classes, **params.sampler_kwargs())
     mixer = build_mixer(cfg.mixer, counts, **params.mixer_kwargs())
     loader_kw = dict(mean=prepared.info["mean"], std=prepared.info["std"], image_size=prepared.info.get("image_size"),
@@ -89,7 +95,7 @@ def _train(params, runtime: Runtime, prepared_dir, out_dir, live_dir, resume_dir
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     epochs = cfg.epochs
-    steps_per_epoch = math.ceil(len(train.labels) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(sampler) / cfg.batch_size)
     optimizer = build_optimizer(model, name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                 momentum=cfg.momentum, layer_decay=cfg.layer_decay, opt_kwargs=params.optimizer_kwargs())
     scheduler = build_scheduler(optimizer, steps_per_epoch=steps_per_epoch, epochs=epochs,
@@ -122,12 +128,14 @@ def _train(params, runtime: Runtime, prepared_dir, out_dir, live_dir, resume_dir
     for row in history if live is not None else ():
         _log_epoch(live, row)
 
+    val_targets = task.multi_hot(val.labels, num_classes).numpy()
     for epoch in range(start_epoch, epochs):
         row = _train_one_epoch(trained, train_loader, sampler, mixer, loss_fn, optimizer, scheduler, scaler, runtime,
-                               epoch, epochs, seed)
+                               epoch, epochs, seed, task)
         # Every rank evaluates the same validation set (small) rather than waiting on rank 0.
-        val_pred = predict_logits(model, val_loader, len(val.labels), runtime).argmax(1)
-        row["val/acc"] = (val_pred == val_loader.labels).float().mean().item()
+        val_logits = predict_logits(model, val_loader, len(val), runtime).cpu()
+        row["val/acc"] = VALIDATION_METRICS["acc"](val_logits.numpy(), val_targets)
+        row["val/map"] = VALIDATION_METRICS["map"](task.probabilities(val_logits.double()).numpy(), val_targets)
         history.append(row)
         if runtime.is_main:
             _log_epoch(live, row)
@@ -146,7 +154,7 @@ def _train(params, runtime: Runtime, prepared_dir, out_dir, live_dir, resume_dir
 
 
 def _train_one_epoch(model, loader, sampler, mixer, loss_fn, optimizer, scheduler, scaler, runtime: Runtime,
-                     epoch, epochs, seed):
+                     epoch, epochs, seed, task):
     model.train()
     loss_fn.set_epoch(epoch, epochs)
     generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
@@ -174,7 +182,7 @@ def _train_one_epoch(model, loader, sampler, mixer, loss_fn, optimizer, schedule
         scheduler.step()
         with torch.no_grad():
             pred = logits.argmax(1)
-            correct = (lam * (pred == y_a) + (1 - lam) * (pred == y_b)).sum()
+            correct = (lam * task.top1_hits(pred, y_a) + (1 - lam) * task.top1_hits(pred, y_b)).sum()
             totals += torch.stack([batch_loss.detach().double() * len(y), correct.double(),
                                    torch.tensor(float(len(y)), dtype=torch.float64, device=runtime.device)])
         if runtime.is_main and step % 20 == 0:  # .item() waits for the device: not every step
