@@ -12,15 +12,19 @@ from ltpipe.io import load_tensors
 pytestmark = pytest.mark.slow
 
 
-def test_exp_run_fine_tunes_a_pretrained_file_with_frozen_stages(project):
+def test_exp_run_fine_tunes_a_pretrained_file_with_frozen_stages_adamw_and_the_ensemble(project):
     tmp, _ = project
     weights = tmp / "data/pretrained/previous_run.safetensors"
     shutil.copy(tmp / "artifacts/stage1/model.safetensors", weights)  # another ltpipe run's stage 1
     try:
-        out = run(f"dvc exp run -S model.pretrained={weights.relative_to(tmp)} -S model.freeze_stages=1", tmp)
+        tune = f"-S model.pretrained={weights.relative_to(tmp)} -S model.freeze_stages=1 -S train.optimizer=adamw " \
+               "-S train.lr=0.003"
+        out = run(f"dvc exp run {tune}", tmp)
         assert "train_backbone" in stages_ran(out.stdout) and "pretrained weights:" in out.stdout
+        assert run("dvc plots diff --json HEAD", tmp).returncode == 0  # adamw's curves beside the baseline's SGD
         init = json.loads((tmp / "artifacts/stage1/init.json").read_text())
         source = load_tensors(weights)
+        source_bytes = weights.read_bytes()
         assert init["pretrained"]["loaded"] and not init["pretrained"]["missing"]
         assert set(init["pretrained"]["loaded"]) >= {k for k in source if k.startswith("backbone.")}
         trained = load_tensors(tmp / "artifacts/stage1/model.safetensors")
@@ -35,6 +39,13 @@ def test_exp_run_fine_tunes_a_pretrained_file_with_frozen_stages(project):
         weights.write_bytes((tmp / "artifacts/stage1/model.safetensors").read_bytes())
         again = run("dvc status train_backbone", tmp)
         assert "data/pretrained" in again.stdout
+        weights.write_bytes(source_bytes)
+        # The old/new ensemble on this stage 1: a stage-2 change only.
+        ens = run(f"dvc exp run {tune} -S stage2.ensemble.enabled=true -S stage2.ensemble.t_old=2.0", tmp)
+        assert stages_ran(ens.stdout) == {"retrain_classifier", "evaluate"}
+        info = json.loads((tmp / "artifacts/stage2/info.json").read_text())
+        assert info["ensemble"] == {"t_old": 2.0, "t_new": 1.0}
+        assert 0 <= json.loads((tmp / "metrics/metrics.json").read_text())["accuracy"] <= 1
     finally:
         weights.unlink()
         checkout_baseline(tmp)
@@ -54,22 +65,5 @@ def test_causal_head_with_tde_and_an_alpha_change_that_keeps_stage1(project):
             "TDE with alpha 0 is the plain causal head"
         assert json.loads((tmp / "artifacts/stage2/info.json").read_text())["method"] == "none"
         assert tde["accuracy"] != plain["accuracy"] or tde["nll"] != plain["nll"]
-    finally:
-        checkout_baseline(tmp)
-
-
-def test_adamw_and_the_old_new_ensemble(project):
-    tmp, _ = project
-    try:
-        out = run("dvc exp run -S train.optimizer=adamw -S train.lr=0.003", tmp)
-        assert "train_backbone" in stages_ran(out.stdout)
-        curves = run("dvc plots diff --json HEAD", tmp)
-        assert curves.returncode == 0
-        ens = run("dvc exp run -S train.optimizer=adamw -S train.lr=0.003 -S stage2.ensemble.enabled=true "
-                  "-S stage2.ensemble.t_old=2.0", tmp)
-        assert stages_ran(ens.stdout) == {"retrain_classifier", "evaluate"}
-        info = json.loads((tmp / "artifacts/stage2/info.json").read_text())
-        assert info["ensemble"] == {"t_old": 2.0, "t_new": 1.0}
-        assert 0 <= json.loads((tmp / "metrics/metrics.json").read_text())["accuracy"] <= 1
     finally:
         checkout_baseline(tmp)
