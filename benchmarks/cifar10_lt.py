@@ -45,16 +45,15 @@ DETERMINISTIC = {"none", "ncm", "tau_norm"}
 GROUPS = ("accuracy", "many_shot", "medium_shot", "few_shot", "balanced_accuracy", "min_recall")
 
 
-def sh(cmd: list[str], cwd: Path, env: dict, log: Path) -> str:
-    """Run, append the output to `log`, exit on failure (the experiment can be resumed by running again)."""
+def sh(cmd: list[str], cwd: Path, env: dict, log: Path) -> None:
+    """Run with its output streamed into `log` (a stage-1 run shows its progress there while it trains: `tail -f`);
+    exit on failure (the experiment can be resumed by running again)."""
     with log.open("a") as f:
         f.write(f"\n$ {' '.join(cmd)}\n")
         f.flush()
-        out = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        f.write(out.stdout)
-    if out.returncode:
-        sys.exit(f"{' '.join(cmd)} failed (exit {out.returncode}); see {log}\n{out.stdout[-3000:]}")
-    return out.stdout
+        code = subprocess.run(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    if code:
+        sys.exit(f"{' '.join(cmd)} failed (exit {code}); see {log}\n{log.read_text()[-3000:]}")
 
 
 def setup(workdir: Path, archive: Path, env: dict, log: Path) -> Path:
@@ -118,7 +117,8 @@ def main() -> None:
     header = [f"recipe: {args.recipe}; extra: {' '.join(args.extra) or '-'}",
               f"command: {' '.join([Path(sys.executable).name] + sys.argv)}",
               f"date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
-              f"machine: {platform.platform()} | {os.cpu_count()} CPUs", f"commit: {commit.stdout.strip()}"]
+              f"machine: {platform.platform()} | {os.cpu_count()} CPUs", f"commit: {commit.stdout.strip()}",
+              f"progress: tail -f {log}"]
     print("\n".join(header), flush=True)
 
     results: dict = {}
