@@ -1,0 +1,166 @@
+"""Control for the CIFAR-10-LT CE stage 1: the authors' training on the same data, outside ltpipe.
+
+Is a gap between our CE stage 1 and the published 70.4 in ltpipe's code or in the data? This script trains the
+reference ResNet-32 of kaidic/LDAM-DRW (imported, unmodified, from a checkout given by --ref-repo) the way its
+`cifar_train.py --loss_type CE --train_rule None` does: the same LT subset rule (np.random.seed(0), per class a
+shuffled index list, the first n_i images), PIL RandomCrop(32, padding=4) + flip + its normalisation, SGD 0.1 /
+momentum 0.9 / wd 2e-4 on every parameter, batch 128, the per-epoch lr rule (linear warm-up over 5 epochs, x0.01
+after 80% and x0.0001 after 90% of the epochs: 160 / 180 of 200), evaluated on the whole test set after every
+epoch. Only the data source (the image folders of the shared JPEG copy instead of the pickled originals) and the
+device (CPU) differ. Prints the last and the best test top-1 (the reference prints the best, "Best Prec@1").
+
+    git clone https://github.com/kaidic/LDAM-DRW /path/LDAM-DRW
+    python benchmarks/reference_ce_control.py --ref-repo /path/LDAM-DRW --root /path/cifar10-jpg --epochs 40
+
+Resumable: a checkpoint is written after every epoch next to --out and picked up when the same command runs again.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms as transforms
+from PIL import Image
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def load_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = [], []
+    for label, name in enumerate(CLASSES):
+        for path in sorted((root / split / name).glob("*.jpg")):
+            images.append(np.asarray(Image.open(path).convert("RGB")))
+            labels.append(label)
+    if not images:
+        sys.exit(f"no images under {root / split}/<class>/*.jpg")
+    return np.stack(images), np.array(labels)
+
+
+def long_tailed(images: np.ndarray, labels: np.ndarray, imb_factor: float = 0.01, seed: int = 0):
+    """The subset of imbalance_cifar.py (IMBALANCECIFAR10.get_img_num_per_cls + gen_imbalanced_data)."""
+    np.random.seed(seed)
+    n_max = len(images) / len(CLASSES)
+    counts = [int(n_max * imb_factor ** (i / (len(CLASSES) - 1.0))) for i in range(len(CLASSES))]
+    keep = []
+    for label, count in zip(np.unique(labels), counts):
+        index = np.where(labels == label)[0]
+        np.random.shuffle(index)
+        keep.append(index[:count])
+    keep = np.concatenate(keep)
+    return images[keep], labels[keep], counts
+
+
+class ArrayDataset(torch.utils.data.Dataset):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+def reference_lr(epoch: int, epochs: int, base: float = 0.1) -> float:
+    """cifar_train.py adjust_learning_rate with 160/180 as 80%/90% of `epochs` (epoch is 0-based there too)."""
+    e = epoch + 1
+    if e <= 5:
+        return base * e / 5
+    if e > int(0.9 * epochs):
+        return base * 0.0001
+    if e > int(0.8 * epochs):
+        return base * 0.01
+    return base
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ref-repo", type=Path, required=True, help="a checkout of kaidic/LDAM-DRW")
+    parser.add_argument("--root", type=Path, required=True, help="the unpacked cifar10-jpg folder")
+    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=Path("reference_ce_control.json"))
+    args = parser.parse_args()
+    if not (args.ref_repo / "models" / "resnet_cifar.py").is_file():
+        sys.exit(f"{args.ref_repo} is not a kaidic/LDAM-DRW checkout (no models/resnet_cifar.py)")
+    if args.epochs < 10:
+        sys.exit(f"--epochs must be >= 10 (5 warm-up epochs, then the two decays), got {args.epochs}")
+    sys.path.insert(0, str(args.ref_repo))
+    import models  # the reference's package: resnet32(num_classes, use_norm)
+
+    ref_commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=args.ref_repo, capture_output=True,
+                                text=True).stdout.strip() or "unknown"
+    torch.manual_seed(args.seed)
+    normalize = transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+    train_tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                                   transforms.ToTensor(), normalize])
+    test_tf = transforms.Compose([transforms.ToTensor(), normalize])
+    images, labels, counts = long_tailed(*load_split(args.root, "train"))
+    test_images, test_labels = load_split(args.root, "test")
+    train = torch.utils.data.DataLoader(ArrayDataset(images, labels, train_tf), batch_size=128, shuffle=True,
+                                        num_workers=args.workers)
+    test = torch.utils.data.DataLoader(ArrayDataset(test_images, test_labels, test_tf), batch_size=100,
+                                       num_workers=args.workers)
+    model = models.resnet32(num_classes=len(CLASSES), use_norm=False).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=2e-4)
+    criterion = torch.nn.CrossEntropyLoss()
+
+    checkpoint = args.out.with_suffix(".ckpt")
+    state = dict(epoch=0, history=[], wall_s=0.0)
+    if checkpoint.is_file():
+        saved = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["rng"])
+        state = saved["state"]
+        print(f"resuming after epoch {state['epoch']}/{args.epochs}", flush=True)
+    print(f"class counts {counts} ({len(labels)} images); test {len(test_labels)}", flush=True)
+    for epoch in range(state["epoch"], args.epochs):
+        start = time.perf_counter()
+        lr = reference_lr(epoch, args.epochs)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        for x, y in train:
+            loss = criterion(model(x.contiguous(memory_format=torch.channels_last)), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            predicted = torch.cat([model(x.contiguous(memory_format=torch.channels_last)).argmax(1)
+                                   for x, _ in test]).numpy()
+        accuracy = float((predicted == test_labels).mean())
+        state["history"].append(accuracy)
+        state["per_class_last"] = [float((predicted[test_labels == c] == c).mean()) for c in range(len(CLASSES))]
+        state["epoch"], state["wall_s"] = epoch + 1, state["wall_s"] + time.perf_counter() - start
+        tmp = checkpoint.with_suffix(".tmp")
+        torch.save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), rng=torch.get_rng_state(),
+                        state=state), tmp)
+        os.replace(tmp, checkpoint)
+        print(f"epoch {epoch + 1}/{args.epochs} lr {lr:.5f} loss {loss.item():.3f} test {100 * accuracy:.2f} "
+              f"best {100 * max(state['history']):.2f} ({state['wall_s']:.0f} s)", flush=True)
+    result = dict(command=" ".join([Path(sys.executable).name] + sys.argv), reference_commit=ref_commit,
+                  date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  machine=f"{platform.platform()} | {os.cpu_count()} CPUs", torch=torch.__version__,
+                  epochs=args.epochs, seed=args.seed, last=state["history"][-1], best=max(state["history"]),
+                  best_epoch=int(np.argmax(state["history"])) + 1, per_class_last=state["per_class_last"],
+                  wall_s=round(state["wall_s"]), history=state["history"])
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, args.out)
+    print(json.dumps({k: v for k, v in result.items() if k != "history"}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
