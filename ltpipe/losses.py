@@ -160,7 +160,8 @@ class LTLoss(nn.Module):
     Cao et al., NeurIPS 2019), before it every w_j = 1. A loss never told the epoch (`set_epoch`) is at epoch 0.
     """
 
-    needs_normed_classifier: bool = False  # True: the classifier is cosine (LDAM's NormedLinear), logits are cosines
+    # None: a linear classifier; s: LDAM's cosine classifier, whose logits are s * cos(x, w_j) (the head scales them)
+    cosine_scale: Optional[float] = None
     needs_features: bool = False  # True: per_sample uses the penultimate features
     initial_bias: Optional[float] = None  # the constant the classifier's bias starts at; None: the head's own init
     # True: a weighted batch is normalised by its weight sum (F.cross_entropy(weight=)); False: by the batch size
@@ -307,9 +308,10 @@ class LogitAdjustedLoss(LTLoss):
 
 class LDAMLoss(LTLoss):
     """Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss" (NeurIPS 2019):
-    l = -log softmax(s (z - m_y 1_y))_y with cosine logits z = cos(x, w_j) and m_j proportional to n_j^(-1/4)."""
+    l = -log softmax(s (cos - m_y 1_y))_y with cos_j = cos(x, w_j) and m_j proportional to n_j^(-1/4).
 
-    needs_normed_classifier = True
+    Its logits are the cosine head's z = s cos (`cosine_scale` = s), so the loss is CE(z - s m_y 1_y, y): the same
+    number as the reference's CE(s (cos - m_y 1_y), y), with softmax(z) the model's probability at test time."""
 
     def __init__(self, class_counts: Sequence[int], *, max_m: float = 0.5, s: float = 30.0,
                  class_weights: torch.Tensor | None = None, drw_epoch: int | None = None):
@@ -317,9 +319,13 @@ class LDAMLoss(LTLoss):
         self.s = check_real("ldam: s", s, low=0.0, include_low=False)
         self.register_buffer("margins", ldam_margins(self.counts.tolist(), max_m).float(), persistent=False)
 
+    @property
+    def cosine_scale(self) -> float:
+        return self.s
+
     def adjust(self, logits, target, features):
-        margin = self.margins.to(logits)[target]
-        return self.s * logits.scatter_add(1, target[:, None], -margin[:, None])
+        margin = self.s * self.margins.to(logits)[target]
+        return logits.scatter_add(1, target[:, None], -margin[:, None])
 
 
 class LADELoss(LogitAdjustedLoss):

@@ -270,7 +270,7 @@ def params_model() -> type[BaseModel]:
         def _head_fits_the_loss_and_stage2(self):
             from ltpipe.losses import build_loss
 
-            needs_cosine = build_loss(self.loss, [2, 1], **self.loss_kwargs()).needs_normed_classifier
+            needs_cosine = build_loss(self.loss, [2, 1], **self.loss_kwargs()).cosine_scale is not None
             if needs_cosine != (self.model.head == "cosine") and (needs_cosine or self.model.head == "cosine"):
                 raise relation_error("model.head", self.model.head,
                                      f"loss {self.loss!r} " + ("trains LDAM's cosine classifier: set model.head: cosine"

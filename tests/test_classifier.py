@@ -203,11 +203,11 @@ def normed_linear(x, weight_in_out):
 
 
 def test_crt_with_a_cosine_loss_gets_ldams_normed_linear():
-    assert build_loss("ldam", COUNTS).needs_normed_classifier
+    assert build_loss("ldam", COUNTS).cosine_scale == 30.0
     head, _ = fit_stage2("crt", make_data(), loss="ldam", **FAST)
     assert head.bias is None
     x = make_data().val_features
-    torch.testing.assert_close(head(x), normed_linear(x, head.weight.detach().T))
+    torch.testing.assert_close(head(x), 30.0 * normed_linear(x, head.weight.detach().T))  # s * cos
     torch.testing.assert_close(head(0.1 * x), head(x))
 
 

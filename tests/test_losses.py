@@ -157,10 +157,11 @@ def test_logit_adjust_tau0_is_ce_and_tau_scales_log_prior():
                                ce(logits + 0.7 * log_pi(), target))
 
 
-def test_ldam_zero_margin_is_scaled_ce():
+def test_ldam_zero_margin_is_ce_on_the_cosine_heads_logits():
     logits, target, _ = make_batch()
-    got = build_loss("ldam", COUNTS, max_m=0.0, s=15.0)(logits, target)
-    torch.testing.assert_close(got, ce(15.0 * logits, target))
+    loss_fn = build_loss("ldam", COUNTS, max_m=0.0, s=15.0)
+    assert loss_fn.cosine_scale == 15.0, "the head scales its cosines by the loss's s"
+    torch.testing.assert_close(loss_fn(logits, target), ce(logits, target))
 
 
 def test_ldam_margins_follow_quarter_power_and_max():
@@ -176,19 +177,19 @@ def test_ldam_margins_follow_quarter_power_and_max():
 @pytest.mark.parametrize("max_m,s", [(0.5, 30.0), (0.3, 10.0)])
 def test_ldam_matches_the_reference_ldam_loss(max_m, s):
     logits, target, _ = make_batch()
-    logits = logits.tanh()  # cosines
-    got = build_loss("ldam", FULL, max_m=max_m, s=s)(logits, target)
-    torch.testing.assert_close(got, reference_ldam(logits, target, FULL, max_m=max_m, s=s))
+    cosines = logits.tanh()
+    got = build_loss("ldam", FULL, max_m=max_m, s=s)(s * cosines, target)  # the cosine head outputs s * cos
+    torch.testing.assert_close(got, reference_ldam(cosines, target, FULL, max_m=max_m, s=s))
 
 
 def test_ldam_reweighted_is_the_reference_weighted_ldam_loss():
     logits, target, _ = make_batch(seed=2)
-    logits = logits.tanh()
-    got = build_loss("ldam", FULL, reweight="cb", beta=0.999)(logits, target)
+    cosines = logits.tanh()
+    got = build_loss("ldam", FULL, reweight="cb", beta=0.999)(30.0 * cosines, target)
     weight = reference_cb_weights(FULL, 0.999)
-    torch.testing.assert_close(got, reference_ldam(logits, target, FULL, weight=weight))
+    torch.testing.assert_close(got, reference_ldam(cosines, target, FULL, weight=weight))
     # the weighted mean, not the mean of weighted losses: these differ unless the batch's weights average 1
-    assert not torch.allclose(got, reference_ldam(logits, target, FULL, weight=weight) * weight[target].mean())
+    assert not torch.allclose(got, reference_ldam(cosines, target, FULL, weight=weight) * weight[target].mean())
 
 
 def test_cb_weights_match_formula():
@@ -243,7 +244,8 @@ def test_cb_softmax_bce_is_the_weight_balancing_cb_loss(beta):
     ("cb_focal_softmax", {"gamma": 0.0},
      lambda z, y, beta: F.cross_entropy(z, y, weight=reference_cb_weights(FULL, beta))),
     ("ldam", {"reweight": "cb", "max_m": 0.3},
-     lambda z, y, beta: reference_ldam(z, y, FULL, max_m=0.3, weight=reference_cb_weights(FULL, beta))),
+     # the cosine head's logits are 30 * cos (the default s); the reference takes the cosines
+     lambda z, y, beta: reference_ldam(z / 30.0, y, FULL, max_m=0.3, weight=reference_cb_weights(FULL, beta))),
 ])
 def test_drw_unweighted_before_and_weighted_from_drw_epoch(name, params, reference):
     # LDAM-DRW cifar_train.py: beta = [0, 0.9999][epoch // drw_epoch] (beta 0 gives every weight 1)
@@ -348,7 +350,8 @@ def test_feabal_follows_parabolic_curriculum():
 @pytest.mark.parametrize("name,params,criterion", [
     ("ce", {}, lambda z, y: F.cross_entropy(z, y)),
     ("cb_ce", {"beta": 0.999}, lambda z, y: F.cross_entropy(z, y, weight=reference_cb_weights(FULL, 0.999))),
-    ("ldam", {"reweight": "cb"}, lambda z, y: reference_ldam(z, y, FULL, weight=reference_cb_weights(FULL, 0.9999))),
+    ("ldam", {"reweight": "cb"},  # z = 30 * cos, the default s; the reference takes the cosines
+     lambda z, y: reference_ldam(z / 30.0, y, FULL, weight=reference_cb_weights(FULL, 0.9999))),
     ("cb_focal", {}, lambda z, y: reference_cb_focal(y, z, FULL, 0.9999, 1.0)),
 ])
 def test_scalar_lam_is_the_reference_mixup_criterion(name, params, criterion):

@@ -46,15 +46,17 @@ def normed_linear(x, weight_in_out):
     return F.normalize(x, dim=1).mm(F.normalize(weight_in_out, dim=0))
 
 
-def test_cosine_classifier_is_ldams_normed_linear():
+def test_cosine_classifier_is_ldams_normed_linear_times_the_losss_scale(tmp_path):
     torch.manual_seed(0)
-    model = Classifier("resnet8", num_classes=5, in_chans=1, head="cosine").eval()
+    model = Classifier("resnet8", num_classes=5, in_chans=1, head="cosine", cosine_scale=30.0).eval()
     assert model.head.bias is None
     features = model.backbone(torch.randn(4, 1, 8, 8)).detach()
     logits = model.head(features)
-    torch.testing.assert_close(logits, normed_linear(features, model.head.weight.detach().T))
-    assert logits.abs().max() <= 1 + 1e-6
+    torch.testing.assert_close(logits, 30.0 * normed_linear(features, model.head.weight.detach().T))
+    assert logits.abs().max() <= 30 * (1 + 1e-6)
     torch.testing.assert_close(model.head(7.5 * features), logits)  # cosines: the feature norm does not matter
+    save_classifier(tmp_path, model)  # the scale is part of the saved model: predict and evaluate see s * cos
+    torch.testing.assert_close(load_classifier(tmp_path).head(features), logits)
     # NormedLinear's init: uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5), i.e. unit-norm class vectors
     torch.testing.assert_close(model.head.weight.detach().norm(dim=1), torch.ones(5))
 

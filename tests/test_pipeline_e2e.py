@@ -150,6 +150,8 @@ def test_exp_run_selects_a_recipe_by_name(project):
         assert (params["recipe"], params["loss"], params["model"]["head"], params["losses"]["ldam"]["s"]) == \
             ("tiny_ldam", "ldam", "cosine", 20)
         assert 0.0 <= json.loads((tmp / "metrics/metrics.json").read_text())["accuracy"] <= 1.0
+        assert json.loads((tmp / "artifacts/stage1/model.json").read_text())["cosine_scale"] == 20, \
+            "the cosine head outputs s * cos with the loss's s"
         assert params["train"]["epochs"] == 2, "keys the recipe does not set keep conf/config.yaml's values"
         bad = run("dvc exp run -S recipe=nope", tmp, check=False)
         assert bad.returncode != 0 and "nope" in bad.stdout + bad.stderr

@@ -96,7 +96,7 @@ def bbn(data: Stage2Data, *, epochs: PosInt = 10, lr: PosFloat = 0.1, batch_size
     recipe = Recipe(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum, weight_decay=weight_decay,
                     schedule=schedule, milestones=milestones, gamma=gamma, progress=progress)
     instance, loss_fn = sampler_and_loss(data, "instance", None, loss, loss_params)
-    if loss_fn.needs_normed_classifier:
+    if loss_fn.cosine_scale is not None:
         raise ConfigError(f"bbn: loss {loss!r} needs a cosine classifier, which the BBN head does not have; "
                           "use crt with this loss, or another loss")
     reversed_ = build_sampler("reversed", data.train_labels, data.num_classes)

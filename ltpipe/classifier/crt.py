@@ -29,7 +29,7 @@ def crt(data: Stage2Data, *, epochs: PosInt = 10, lr: PosFloat = 0.1, batch_size
                     schedule=schedule, milestones=milestones, gamma=gamma, progress=progress)
     built_sampler, loss_fn = sampler_and_loss(data, sampler, sampler_params, loss, loss_params)
     head = build_module(LinearHead, data.in_features, data.num_classes,
-                        **classifier_kwargs(loss_fn.needs_normed_classifier)).to(data.device)
+                        **classifier_kwargs(loss_fn.cosine_scale)).to(data.device)
     head.reset_parameters(seeded_generator(data.seed, data.device), bias=loss_fn.initial_bias)
     curve = fit(head.parameters(), data, [built_sampler], Supervised(head, loss_fn), recipe, desc="cRT")
     return head, {"loss_curve": curve}

@@ -60,20 +60,23 @@ def build_backbone(name: str, in_chans: int) -> nn.Module:
 
 
 # The classifier heads stage 1 trains, by name (model.head); their keyword arguments are the model.heads.<name> block.
-STAGE1_HEADS = Registry("classifier head", fixed=("in_features", "num_classes"))
+# `cosine_scale` is not a params key: it is the loss's (LDAM's s), so the head outputs the logits the loss trained.
+STAGE1_HEADS = Registry("classifier head", fixed=("in_features", "num_classes", "cosine_scale"))
 HeadName = STAGE1_HEADS.name_type()
 
 
 @STAGE1_HEADS.register("linear")
 def linear_head(in_features: int, num_classes: int) -> nn.Module:
     """nn.Linear: logits = W x + b."""
-    return LinearHead(in_features, num_classes, **classifier_kwargs(cosine=False))
+    return LinearHead(in_features, num_classes, **classifier_kwargs(None))
 
 
 @STAGE1_HEADS.register("cosine")
-def cosine_head(in_features: int, num_classes: int) -> nn.Module:
-    """LDAM's NormedLinear (Cao et al., NeurIPS 2019): logits = cos(x, w_j) = x/||x|| . w_j/||w_j||, no bias."""
-    return LinearHead(in_features, num_classes, **classifier_kwargs(cosine=True))
+def cosine_head(in_features: int, num_classes: int, cosine_scale: float = 1.0) -> nn.Module:
+    """LDAM's NormedLinear (Cao et al., NeurIPS 2019) times the loss's scale s: logits = s * x/||x|| . w_j/||w_j||,
+    no bias. The reference code multiplies by s inside the loss; here the head does, so that softmax(logits) is the
+    probability the loss trained (NLL, ECE, logit adjustment and `ltpipe predict` see s * cos, not cos)."""
+    return LinearHead(in_features, num_classes, **classifier_kwargs(cosine_scale))
 
 
 @STAGE1_HEADS.register("causal")
@@ -91,16 +94,19 @@ class Classifier(nn.Module):
 
     `initial_bias` (not part of the saved config: it only shapes the init) is the constant the head's bias starts at,
     e.g. the class prior of a sigmoid loss; None (or a head without bias) keeps the head's own init.
+    `cosine_scale` (saved) is the loss's scale of a cosine head (`LTLoss.cosine_scale`); None for other losses.
     """
 
     def __init__(self, backbone: str, num_classes: int, in_chans: int, head: str = "linear",
-                 head_kwargs: Optional[Dict[str, Any]] = None, initial_bias: Optional[float] = None):
+                 head_kwargs: Optional[Dict[str, Any]] = None, initial_bias: Optional[float] = None,
+                 cosine_scale: Optional[float] = None):
         super().__init__()
         head_kwargs = dict(head_kwargs or {})
         self.config: Dict[str, Any] = dict(backbone=backbone, num_classes=num_classes, in_chans=in_chans, head=head,
-                                           head_kwargs=head_kwargs)
+                                           head_kwargs=head_kwargs, cosine_scale=cosine_scale)
         self.backbone = build_backbone(backbone, in_chans)
-        self.head = STAGE1_HEADS.build(head, self.backbone.num_features, num_classes, **head_kwargs)
+        scale = {} if cosine_scale is None else {"cosine_scale": cosine_scale}
+        self.head = STAGE1_HEADS.build(head, self.backbone.num_features, num_classes, **scale, **head_kwargs)
         if initial_bias is not None and getattr(self.head, "bias", None) is not None:
             nn.init.constant_(self.head.bias, initial_bias)
 

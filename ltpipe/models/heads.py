@@ -24,10 +24,12 @@ def init_linear_(weight: torch.Tensor, bias: Optional[torch.Tensor], generator: 
         nn.init.uniform_(bias, -bound, bound, generator=generator)
 
 
-def classifier_kwargs(cosine: bool) -> Dict[str, bool]:
-    """LinearHead flags of a trained classifier: nn.Linear, or the cosine classifier of LDAM's NormedLinear
-    (logits cos(x, w_j) = x/||x|| . w_j/||w_j||, no bias)."""
-    return dict(bias=not cosine, normalize_input=cosine, normalize_weight=cosine)
+def classifier_kwargs(cosine_scale: Optional[float]) -> Dict[str, Any]:
+    """LinearHead arguments of a trained classifier: nn.Linear (`cosine_scale` None), or LDAM's NormedLinear times its
+    loss's scale s (logits s * cos(x, w_j) = s * x/||x|| . w_j/||w_j||, no bias)."""
+    cosine = cosine_scale is not None
+    return dict(bias=not cosine, normalize_input=cosine, normalize_weight=cosine,
+                scale=1.0 if cosine_scale is None else float(cosine_scale))
 
 
 @HEADS.register("linear")

@@ -42,7 +42,7 @@ class MultiLabelLoss(nn.Module):
     class_reduction: str = "mean"
     # The attributes training loops read from every loss: a linear classifier with its own bias init, no features.
     needs_features: bool = False
-    needs_normed_classifier: bool = False
+    cosine_scale = None
     initial_bias = None
 
     def __init__(self, class_counts: Sequence[int], num_images: int):

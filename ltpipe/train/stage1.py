@@ -84,7 +84,8 @@ def _train(params, runtime: Runtime, prepared_dir, out_dir, live_dir, resume_dir
 
     torch.manual_seed(seed)
     model = Classifier(params.model.backbone, num_classes, int(prepared.info["channels"]), head=params.model.head,
-                       head_kwargs=params.head_kwargs(), initial_bias=loss_fn.initial_bias)
+                       head_kwargs=params.head_kwargs(), initial_bias=loss_fn.initial_bias,
+                       cosine_scale=loss_fn.cosine_scale)
     pretrained = None
     if params.model.pretrained is not None:
         pretrained = load_pretrained(params.model.pretrained, model.backbone, model.head)
