@@ -12,7 +12,8 @@ device (CPU) differ. Prints the last and the best test top-1 (the reference prin
     git clone https://github.com/kaidic/LDAM-DRW /path/LDAM-DRW
     python benchmarks/reference_ce_control.py --ref-repo /path/LDAM-DRW --root /path/cifar10-jpg --epochs 40
 
-Resumable: a checkpoint is written after every epoch next to --out and picked up when the same command runs again.
+Resumable: a checkpoint is written after every epoch next to --out and picked up when the same command (same
+--epochs and --seed) runs again. Only the file writing comes from ltpipe (atomic writes, checkpoints).
 """
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ import numpy as np
 import torch
 import torchvision.transforms as transforms
 from PIL import Image
+
+from ltpipe.io import write_json
+from ltpipe.train.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -115,10 +119,10 @@ def main() -> None:
     optimizer = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=2e-4)
     criterion = torch.nn.CrossEntropyLoss()
 
-    checkpoint = args.out.with_suffix(".ckpt")
+    checkpoint, run_id = args.out.with_suffix(".ckpt"), fingerprint(dict(epochs=args.epochs, seed=args.seed), [])
     state = dict(epoch=0, history=[], wall_s=0.0)
-    if checkpoint.is_file():
-        saved = torch.load(checkpoint, weights_only=False)
+    saved = load_checkpoint(checkpoint, run_id)
+    if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         torch.set_rng_state(saved["rng"])
@@ -144,10 +148,8 @@ def main() -> None:
         state["history"].append(accuracy)
         state["per_class_last"] = [float((predicted[test_labels == c] == c).mean()) for c in range(len(CLASSES))]
         state["epoch"], state["wall_s"] = epoch + 1, state["wall_s"] + time.perf_counter() - start
-        tmp = checkpoint.with_suffix(".tmp")
-        torch.save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), rng=torch.get_rng_state(),
-                        state=state), tmp)
-        os.replace(tmp, checkpoint)
+        save_checkpoint(checkpoint, dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                                         rng=torch.get_rng_state(), state=state, fingerprint=run_id))
         print(f"epoch {epoch + 1}/{args.epochs} lr {lr:.5f} loss {loss.item():.3f} test {100 * accuracy:.2f} "
               f"best {100 * max(state['history']):.2f} ({state['wall_s']:.0f} s)", flush=True)
     result = dict(command=" ".join([Path(sys.executable).name] + sys.argv), reference_commit=ref_commit,
@@ -156,9 +158,7 @@ def main() -> None:
                   epochs=args.epochs, seed=args.seed, last=state["history"][-1], best=max(state["history"]),
                   best_epoch=int(np.argmax(state["history"])) + 1, per_class_last=state["per_class_last"],
                   wall_s=round(state["wall_s"]), history=state["history"])
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, args.out)
+    write_json(args.out, result)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}), flush=True)
 
 

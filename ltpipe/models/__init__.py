@@ -105,8 +105,9 @@ class Classifier(nn.Module):
         self.config: Dict[str, Any] = dict(backbone=backbone, num_classes=num_classes, in_chans=in_chans, head=head,
                                            head_kwargs=head_kwargs, cosine_scale=cosine_scale)
         self.backbone = build_backbone(backbone, in_chans)
-        scale = {} if cosine_scale is None else {"cosine_scale": cosine_scale}
-        self.head = STAGE1_HEADS.build(head, self.backbone.num_features, num_classes, **scale, **head_kwargs)
+        # A cosine head saved before its scale was recorded (cosine_scale None) outputs bare cosines, as it did then.
+        self.head = STAGE1_HEADS.build(head, self.backbone.num_features, num_classes,
+                                       cosine_scale=1.0 if cosine_scale is None else cosine_scale, **head_kwargs)
         if initial_bias is not None and getattr(self.head, "bias", None) is not None:
             nn.init.constant_(self.head.bias, initial_bias)
 
