@@ -35,12 +35,13 @@ def checkpoint_epoch(resume: Path):
     return None
 
 
-def stage1_pids(tmp: Path):
-    """Stage-1 processes running in this project's DVC temp folders (never another training on the machine)."""
+def project_pids(tmp: Path, marker: bytes):
+    """Processes whose command line holds `marker`, running in this project's folders (never another training or
+    another project's queue on the machine)."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and b"stages.train_backbone" in (proc / "cmdline").read_bytes() and \
+            if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes() and \
                     str((proc / "cwd").resolve()).startswith(str(tmp.resolve())):
                 found.append(int(proc.name))
         except OSError:
@@ -69,7 +70,7 @@ def test_killed_queued_experiment_resumes_from_its_checkpoint(project):
         start_queue(tmp)
         _, epoch = wait_for(lambda: (c := checkpoint_epoch(resume)) and c[1] >= 3 and c, 300, "epoch 3 checkpoint",
                             tmp)
-        pids = stage1_pids(tmp)
+        pids = project_pids(tmp, b"stages.train_backbone")
         assert pids, "stage 1 is running in the queue worker"
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
@@ -77,6 +78,9 @@ def test_killed_queued_experiment_resumes_from_its_checkpoint(project):
         assert "Failed" in run("dvc queue status", tmp).stdout
         path, killed_at = wait_for(lambda: checkpoint_epoch(resume), 5, "the checkpoint to survive the failed task")
         assert killed_at >= epoch
+        # DVC's idle worker shuts itself down about 10 s after the queue empties; a `dvc queue start` while it is
+        # still alive spawns no new worker, and the dying one never takes the new task, which then waits forever.
+        wait_for(lambda: not project_pids(tmp, b"queue-worker"), 120, "the idle queue worker to exit", tmp)
 
         run(f"dvc exp run --queue -n second {SETS}", tmp)
         start_queue(tmp)
