@@ -1,19 +1,24 @@
-"""Control for the CIFAR-10-LT CE stage 1: the authors' training on the same data, outside ltpipe.
+"""Control for the CIFAR-10-LT stage 1: the authors' training on the same data, outside ltpipe.
 
-Is a gap between our CE stage 1 and the published 70.4 in ltpipe's code or in the data? This script trains the
-reference ResNet-32 of kaidic/LDAM-DRW (imported, unmodified, from a checkout given by --ref-repo) the way its
-`cifar_train.py --loss_type CE --train_rule None` does: the same LT subset rule (np.random.seed(0), per class a
-shuffled index list, the first n_i images), PIL RandomCrop(32, padding=4) + flip + its normalisation, SGD 0.1 /
-momentum 0.9 / wd 2e-4 on every parameter, batch 128, the per-epoch lr rule (linear warm-up over 5 epochs, x0.01
-after 80% and x0.0001 after 90% of the epochs: 160 / 180 of 200), evaluated on the whole test set after every
-epoch. Only the data source (the image folders of the shared JPEG copy instead of the pickled originals) and the
-device (CPU) differ. Prints the last and the best test top-1 (the reference prints the best, "Best Prec@1").
+Is a gap between our CE (or LDAM-DRW) stage 1 and the published 70.4 (77.0) in ltpipe's code or in the data? This
+script trains the reference ResNet-32 of kaidic/LDAM-DRW (imported, unmodified, from a checkout given by --ref-repo)
+the way its `cifar_train.py --loss_type CE --train_rule None` (or `--loss_type LDAM --train_rule DRW`) does: the same
+LT subset rule (np.random.seed(0), per class a shuffled index list, the first n_i images), PIL RandomCrop(32,
+padding=4) + flip + its normalisation, SGD 0.1 / momentum 0.9 / wd 2e-4 on every parameter, batch 128, the per-epoch
+lr rule (linear warm-up over 5 epochs, x0.01 after 80% and x0.0001 after 90% of the epochs: 160 / 180 of 200),
+evaluated on the whole test set after every epoch. LDAM uses the reference's NormedLinear head and LDAMLoss (max
+margin 0.5, s 30); DRW switches to class-balanced weights (beta 0.9999) after 80% of the epochs (epoch 160 of 200).
+Only the data source (the image folders of the shared JPEG copy instead of the pickled originals) and the device
+(CPU) differ. Prints the last and the best test top-1 (the reference prints the best, "Best Prec@1").
 
     git clone https://github.com/kaidic/LDAM-DRW /path/LDAM-DRW
     python benchmarks/reference_ce_control.py --ref-repo /path/LDAM-DRW --root /path/cifar10-jpg --epochs 40
+    python benchmarks/reference_ce_control.py --ref-repo /path/LDAM-DRW --root /path/cifar10-jpg --loss ldam \
+        --train-rule drw --out ldam_drw.json
 
 Resumable: a checkpoint is written after every epoch next to --out and picked up when the same command (same
---epochs and --seed) runs again. Only the file writing comes from ltpipe (atomic writes, checkpoints).
+--epochs, --seed, --loss and --train-rule) runs again. Only the file writing comes from ltpipe (atomic writes,
+checkpoints).
 """
 from __future__ import annotations
 
@@ -86,12 +91,31 @@ def reference_lr(epoch: int, epochs: int, base: float = 0.1) -> float:
     return base
 
 
+def drw_weights(epoch: int, epochs: int, counts: list[int]) -> torch.Tensor | None:
+    """cifar_train.py's DRW rule (betas [0, 0.9999] switched at epoch 160 of 200, here 80% of `epochs`): from then on
+    w_j = (1 - beta) / (1 - beta^n_j), normalised to sum to the number of classes; before it, no weights."""
+    if epoch < int(0.8 * epochs):
+        return None
+    beta = 0.9999
+    weights = (1.0 - beta) / (1.0 - np.power(beta, counts))
+    return torch.tensor(weights / weights.sum() * len(counts), dtype=torch.float32)
+
+
+def criterion_for(loss: str, counts: list[int], weight: torch.Tensor | None):
+    if loss == "ce":
+        return torch.nn.CrossEntropyLoss(weight=weight)
+    import losses  # the reference's LDAMLoss
+    return losses.LDAMLoss(cls_num_list=counts, max_m=0.5, s=30, weight=weight)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ref-repo", type=Path, required=True, help="a checkout of kaidic/LDAM-DRW")
     parser.add_argument("--root", type=Path, required=True, help="the unpacked cifar10-jpg folder")
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--loss", choices=["ce", "ldam"], default="ce")
+    parser.add_argument("--train-rule", choices=["none", "drw"], default="none")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("reference_ce_control.json"))
     args = parser.parse_args()
@@ -101,6 +125,9 @@ def main() -> None:
         sys.exit(f"--epochs must be >= 10 (5 warm-up epochs, then the two decays), got {args.epochs}")
     sys.path.insert(0, str(args.ref_repo))
     import models  # the reference's package: resnet32(num_classes, use_norm)
+    # The reference's LDAMLoss builds its tensors as torch.cuda.FloatTensor; on a CPU the CPU type stands in.
+    if not torch.cuda.is_available():
+        torch.cuda.FloatTensor = torch.FloatTensor
 
     ref_commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=args.ref_repo, capture_output=True,
                                 text=True).stdout.strip() or "unknown"
@@ -115,11 +142,15 @@ def main() -> None:
                                         num_workers=args.workers)
     test = torch.utils.data.DataLoader(ArrayDataset(test_images, test_labels, test_tf), batch_size=100,
                                        num_workers=args.workers)
-    model = models.resnet32(num_classes=len(CLASSES), use_norm=False).to(memory_format=torch.channels_last)
+    model = models.resnet32(num_classes=len(CLASSES), use_norm=args.loss == "ldam")
+    model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=2e-4)
-    criterion = torch.nn.CrossEntropyLoss()
 
-    checkpoint, run_id = args.out.with_suffix(".ckpt"), fingerprint(dict(epochs=args.epochs, seed=args.seed), [])
+    run = dict(epochs=args.epochs, seed=args.seed)
+    if (args.loss, args.train_rule) != ("ce", "none"):
+        # CE runs keep the fingerprint of the checkpoints written before --loss / --train-rule existed
+        run.update(loss=args.loss, train_rule=args.train_rule)
+    checkpoint, run_id = args.out.with_suffix(".ckpt"), fingerprint(run, [])
     state = dict(epoch=0, history=[], wall_s=0.0)
     saved = load_checkpoint(checkpoint, run_id)
     if saved is not None:
@@ -134,6 +165,8 @@ def main() -> None:
         lr = reference_lr(epoch, args.epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        weight = drw_weights(epoch, args.epochs, counts) if args.train_rule == "drw" else None
+        criterion = criterion_for(args.loss, counts, weight)
         model.train()
         for x, y in train:
             loss = criterion(model(x.contiguous(memory_format=torch.channels_last)), y)
@@ -155,7 +188,7 @@ def main() -> None:
     result = dict(command=" ".join([Path(sys.executable).name] + sys.argv), reference_commit=ref_commit,
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   machine=f"{platform.platform()} | {os.cpu_count()} CPUs", torch=torch.__version__,
-                  epochs=args.epochs, seed=args.seed, last=state["history"][-1], best=max(state["history"]),
+                  epochs=args.epochs, seed=args.seed, loss=args.loss, train_rule=args.train_rule, last=state["history"][-1], best=max(state["history"]),
                   best_epoch=int(np.argmax(state["history"])) + 1, per_class_last=state["per_class_last"],
                   wall_s=round(state["wall_s"]), history=state["history"])
     write_json(args.out, result)
