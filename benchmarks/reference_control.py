@@ -12,8 +12,8 @@ Only the data source (the image folders of the shared JPEG copy instead of the p
 (CPU) differ. Prints the last and the best test top-1 (the reference prints the best, "Best Prec@1").
 
     git clone https://github.com/kaidic/LDAM-DRW /path/LDAM-DRW
-    python benchmarks/reference_ce_control.py --ref-repo /path/LDAM-DRW --root /path/cifar10-jpg --epochs 40
-    python benchmarks/reference_ce_control.py --ref-repo /path/LDAM-DRW --root /path/cifar10-jpg --loss ldam \
+    python benchmarks/reference_control.py --ref-repo /path/LDAM-DRW --root /path/cifar10-jpg --epochs 40
+    python benchmarks/reference_control.py --ref-repo /path/LDAM-DRW --root /path/cifar10-jpg --loss ldam \
         --train-rule drw --out ldam_drw.json
 
 Resumable: a checkpoint is written after every epoch next to --out and picked up when the same command (same
@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--loss", choices=["ce", "ldam"], default="ce")
     parser.add_argument("--train-rule", choices=["none", "drw"], default="none")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("reference_ce_control.json"))
+    parser.add_argument("--out", type=Path, default=Path("reference_control.json"))
     args = parser.parse_args()
     if not (args.ref_repo / "models" / "resnet_cifar.py").is_file():
         sys.exit(f"{args.ref_repo} is not a kaidic/LDAM-DRW checkout (no models/resnet_cifar.py)")
