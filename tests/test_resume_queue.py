@@ -21,7 +21,8 @@ def wait_for(condition, timeout, what, cwd=None):
         value = condition()
         if value:
             return value
-        time.sleep(0.1)
+        # not faster: each `dvc queue status` is a Python start-up, and the training under test needs the cores
+        time.sleep(1.0)
     status = run("dvc queue status", cwd, check=False).stdout if cwd else ""
     raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{status}")
 
@@ -84,7 +85,7 @@ def test_killed_queued_experiment_resumes_from_its_checkpoint(project):
 
         run(f"dvc exp run --queue -n second {SETS}", tmp)
         start_queue(tmp)
-        wait_for(lambda: queue_idle(tmp), 300, "the re-queued experiment")
+        wait_for(lambda: queue_idle(tmp), 600, "the re-queued experiment")
         logs = run("dvc queue logs second", tmp).stdout
         assert f"resuming stage 1 from epoch {killed_at}/60" in logs, logs[-3000:]
         assert "Success" in run("dvc queue status", tmp).stdout
