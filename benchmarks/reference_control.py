@@ -188,7 +188,8 @@ def main() -> None:
     result = dict(command=" ".join([Path(sys.executable).name] + sys.argv), reference_commit=ref_commit,
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   machine=f"{platform.platform()} | {os.cpu_count()} CPUs", torch=torch.__version__,
-                  epochs=args.epochs, seed=args.seed, loss=args.loss, train_rule=args.train_rule, last=state["history"][-1], best=max(state["history"]),
+                  epochs=args.epochs, seed=args.seed, loss=args.loss, train_rule=args.train_rule,
+                  last=state["history"][-1], best=max(state["history"]),
                   best_epoch=int(np.argmax(state["history"])) + 1, per_class_last=state["per_class_last"],
                   wall_s=round(state["wall_s"]), history=state["history"])
     write_json(args.out, result)
