@@ -65,3 +65,32 @@ def test_initial_bias_sets_every_class_bias():
     model = Classifier("resnet8", num_classes=10, in_chans=1, initial_bias=-math.log(9))
     torch.testing.assert_close(model.head.bias.detach(), torch.full((10,), -float(np.log(9))))
     assert "initial_bias" not in model.config, "init only: not needed to rebuild the model"
+
+
+def _head_weights(backbone, head="linear", seeds=range(20)):
+    weights = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        weights.append(Classifier(backbone, num_classes=50, in_chans=1, head=head).head.weight.detach().flatten())
+    return torch.cat(weights)
+
+
+def test_cifar_resnet_head_has_the_reference_kaiming_normal_init():
+    # kaidic/LDAM-DRW resnet_cifar.py `_weights_init`: init.kaiming_normal_ on nn.Linear as well as nn.Conv2d, i.e.
+    # N(0, 2 / fan_in) with fan_in 64; nn.Linear's own default would be U(-1/8, 1/8) (std 0.072, never above 0.125).
+    w = _head_weights("resnet8")
+    assert abs(w.mean()) < 0.01
+    assert abs(w.std() - math.sqrt(2 / 64)) < 0.005
+    assert w.abs().max() > 0.5
+    torch.manual_seed(0)
+    bias = Classifier("resnet8", num_classes=50, in_chans=1).head.bias.detach()
+    assert bias.abs().max() <= 1 / 8 and bias.std() > 0.03  # the bias keeps nn.Linear's U(-1/sqrt(64), 1/sqrt(64))
+
+
+def test_other_backbones_and_heads_keep_their_own_head_init():
+    w = _head_weights("resnet18", seeds=range(2))  # timm: nn.Linear's default, U(-1/sqrt(512), 1/sqrt(512))
+    assert w.abs().max() <= 1 / math.sqrt(512)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        cosine = Classifier("resnet8", num_classes=50, in_chans=1, head="cosine").head.weight.detach()
+        torch.testing.assert_close(cosine.norm(dim=1), torch.ones(50))  # NormedLinear: unit-norm class vectors

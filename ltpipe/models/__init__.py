@@ -108,6 +108,10 @@ class Classifier(nn.Module):
         # A cosine head saved before its scale was recorded (cosine_scale None) outputs bare cosines, as it did then.
         self.head = STAGE1_HEADS.build(head, self.backbone.num_features, num_classes,
                                        cosine_scale=1.0 if cosine_scale is None else cosine_scale, **head_kwargs)
+        # A backbone that comes with its authors' classifier init (the CIFAR ResNets) gives the plain linear head that
+        # init; normalised (cosine) and causal heads keep their own, as in the reference code.
+        if head == "linear" and hasattr(self.backbone, "init_classifier_"):
+            self.backbone.init_classifier_(self.head.weight)
         if initial_bias is not None and getattr(self.head, "bias", None) is not None:
             nn.init.constant_(self.head.bias, initial_bias)
 

@@ -56,6 +56,13 @@ class CifarResNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight)
 
+    @staticmethod
+    @torch.no_grad()
+    def init_classifier_(weight: torch.Tensor) -> None:
+        """The reference network (kaidic/LDAM-DRW `_weights_init`) Kaiming-normal inits its nn.Linear classifier as
+        well as its convolutions: std sqrt(2 / fan_in), about 2.5x nn.Linear's default; the bias keeps nn.Linear's."""
+        nn.init.kaiming_normal_(weight)
+
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         """timm's stage interface (see `timm.models.group_parameters`): the stem, then one group per stage (coarse)
         or per block. The blocks stay one flat Sequential so that parameter names, and old checkpoints, are kept."""
