@@ -67,11 +67,11 @@ def test_initial_bias_sets_every_class_bias():
     assert "initial_bias" not in model.config, "init only: not needed to rebuild the model"
 
 
-def _head_weights(backbone, head="linear", seeds=range(20)):
+def _head_weights(backbone, seeds=range(20)):
     weights = []
     for seed in seeds:
         torch.manual_seed(seed)
-        weights.append(Classifier(backbone, num_classes=50, in_chans=1, head=head).head.weight.detach().flatten())
+        weights.append(Classifier(backbone, num_classes=50, in_chans=1).head.weight.detach().flatten())
     return torch.cat(weights)
 
 
