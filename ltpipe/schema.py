@@ -210,6 +210,8 @@ def params_model() -> type[BaseModel]:
         augment: Augment = Field(default_factory=Augment)  # type: ignore[valid-type]
         num_workers: NonNegInt = 0
         channels_last: Bool = False
+        # Which epoch's weights stage 1 outputs: the last, or the one with the best validation metric (never test).
+        select: Literal["last", "best_val"] = "last"
 
         @field_validator("optimizer")
         @classmethod

@@ -43,6 +43,8 @@ class Task:
     label_column: str = ""  # the manifest column (`{split}.csv`) holding the labels
     # What stage 2 maximises on the validation split when a method chooses a value (tau-norm's tau).
     selection_metric: str = ""
+    # The per-epoch validation metric of stage 1 that `train.select: best_val` maximises (a key of VALIDATION_METRICS).
+    epoch_metric: str = ""
 
     def check(self, labels: Any, num_classes: int, what: str = "labels") -> torch.Tensor:
         """`labels` as this task's tensor (int64 (N,) or bool (N, C)); ConfigError if they are not of its format."""
@@ -91,6 +93,7 @@ class MultiClass(Task):
     name = "multiclass"
     label_column = "label"
     selection_metric = "acc"
+    epoch_metric = "acc"
 
     def check(self, labels, num_classes, what="labels"):
         labels = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
@@ -142,6 +145,7 @@ class MultiLabel(Task):
     # Per-class AP only depends on the order of each class's scores, so a per-class rescaling (tau-norm, LWS) cannot
     # change it: a choice among such heads is made on micro F1 (one threshold shared by all classes) instead.
     selection_metric = "micro_f1"
+    epoch_metric = "map"
 
     def check(self, labels, num_classes, what="labels"):
         labels = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)

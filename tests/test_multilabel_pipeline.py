@@ -174,6 +174,15 @@ def test_stage1_logs_val_map_and_precision_at_1(stage1):
     assert np.load(stage1 / "features/train_features.npy").shape[0] == 400
 
 
+def test_best_val_selects_the_epoch_by_validation_map(mosaics, tmp_path):
+    # Here validation mAP peaks at epoch 4 and precision@1 at epoch 2: the metric decides.
+    params = multilabel_params("train.select=best_val", "train.epochs=4", "train.lr=0.5")
+    train_backbone(params, mosaics, tmp_path / "stage1", tmp_path / "live", resume_dir=tmp_path / "resume")
+    rows = (tmp_path / "live/plots/metrics/val/map.tsv").read_text().splitlines()[1:]
+    val_map = [float(row.split("\t")[1]) for row in rows]
+    assert json.loads((tmp_path / "live/metrics.json").read_text())["selected_epoch"] == 1 + int(np.argmax(val_map))
+
+
 @pytest.mark.parametrize("method", ["crt", "tau_norm", "lws", "none"])
 def test_stage2_and_evaluate(mosaics, stage1, tmp_path, method):
     params = multilabel_params(f"stage2.method={method}")

@@ -109,6 +109,7 @@ def test_unknown_keys_are_errors_with_the_nearest_key(path, typo, message):
     ("imbalance.profile", "linear", "imbalance.profile: 'linear': not a valid choice; valid choices: exp, step, pareto, "
                                     "none"),
     ("model.backbone", "resnet33", "model.backbone: 'resnet33': unknown backbone 'resnet33'"),
+    ("train.select", "best_test", "train.select: 'best_test': not a valid choice; valid choices: last, best_val"),
     ("evaluate.few_threshold", 500, "evaluate.few_threshold: 500: must be <= many_threshold (100)"),
     ("dataset.imagefolder.image_size", 3.5, "dataset.imagefolder.image_size: 3.5: must be an integer"),
     ("train.augment.randaugment.num_ops", 0, "train.augment.randaugment.num_ops: 0: must be >= 1"),

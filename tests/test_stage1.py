@@ -1,6 +1,8 @@
 """Stage 1 without DVC: determinism, resume after an interruption, and bad input failing before training."""
 import copy
+import csv
 import inspect
+import json
 import math
 
 import pytest
@@ -10,6 +12,7 @@ import yaml
 
 from ltpipe.data.prepare import prepare
 from ltpipe.errors import ConfigError
+from ltpipe.io import load_tensors
 from ltpipe.runtime import Runtime
 from ltpipe.schema import validate_params
 from ltpipe.train import stage1
@@ -90,6 +93,73 @@ def test_checkpoint_of_other_params_is_ignored(params, prepared, tmp_path, monke
     monkeypatch.setattr(stage1, "_train_one_epoch", lambda *a: calls.append(a[EPOCH]) or real_epoch(*a))
     train(params, prepared, tmp_path, "y")
     assert calls == [0, 1, 2]
+
+
+def _weights_per_epoch(monkeypatch):
+    """{epoch: the model weights its checkpoint holds}, recorded as stage 1 saves them."""
+    saved, real = {}, stage1.save_checkpoint
+
+    def spy(path, state):
+        saved[state["epoch"]] = {k: v.clone() for k, v in state["model"].items()}
+        real(path, state)
+
+    monkeypatch.setattr(stage1, "save_checkpoint", spy)
+    return saved
+
+
+def _scripted_val_acc(monkeypatch, values):
+    """val/acc of the successive epochs (of one run and of its resumption) is `values`, in order."""
+    values = iter(values)
+    monkeypatch.setattr(stage1, "VALIDATION_METRICS",
+                        dict(stage1.VALIDATION_METRICS, acc=lambda scores, targets: next(values)))
+
+
+def _assert_same_weights(out, weights):
+    written = load_tensors(out / "model.safetensors")
+    assert written.keys() == weights.keys()
+    for name, value in written.items():
+        torch.testing.assert_close(value, weights[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("select, expected", [("best_val", 2), ("last", 3)])
+def test_select_writes_the_chosen_epochs_weights(params, prepared, tmp_path, monkeypatch, select, expected):
+    chosen = copy.deepcopy(params)
+    chosen["train"]["select"] = select
+    saved = _weights_per_epoch(monkeypatch)
+    _scripted_val_acc(monkeypatch, [0.3, 0.9, 0.9])  # epoch 3 ties epoch 2: the earlier one is kept
+    out, live, _ = train(chosen, prepared, tmp_path, select)
+    assert not torch.equal(saved[2]["head.weight"], saved[3]["head.weight"])
+    _assert_same_weights(out, saved[expected])
+    assert json.loads((live / "metrics.json").read_text())["selected_epoch"] == expected
+
+
+def test_best_val_survives_an_interruption(params, prepared, tmp_path, monkeypatch):
+    chosen = copy.deepcopy(params)
+    chosen["train"]["select"] = "best_val"
+    saved = _weights_per_epoch(monkeypatch)
+    _scripted_val_acc(monkeypatch, [0.3, 0.9, 0.5])
+    real_epoch = stage1._train_one_epoch
+    monkeypatch.setattr(stage1, "_train_one_epoch", _raise_at(real_epoch, 2))
+    with pytest.raises(KeyboardInterrupt):
+        train(chosen, prepared, tmp_path, "best")
+    best_weights = saved[2]
+    monkeypatch.setattr(stage1, "_train_one_epoch", real_epoch)
+    out, _, _ = train(chosen, prepared, tmp_path, "best")  # trains epoch 3 only, which validates worse
+    assert 3 in saved
+    _assert_same_weights(out, best_weights)
+
+
+def test_best_val_picks_the_best_logged_validation_accuracy(params, prepared, tmp_path, monkeypatch):
+    chosen = copy.deepcopy(params)
+    # A constant, too high lr makes validation accuracy go up and down (here: best at epoch 4 of 5).
+    chosen["train"].update(select="best_val", epochs=5, lr=3.0, schedule="constant")
+    saved = _weights_per_epoch(monkeypatch)
+    out, live, _ = train(chosen, prepared, tmp_path, "real")
+    with (live / "plots/metrics/val/acc.tsv").open() as f:
+        acc = [float(row["acc"]) for row in csv.DictReader(f, delimiter="\t")]
+    best = 1 + max(range(len(acc)), key=lambda i: (acc[i], -i))
+    assert json.loads((live / "metrics.json").read_text())["selected_epoch"] == best
+    _assert_same_weights(out, saved[best])
 
 
 def _raise_at(real, at):

@@ -108,6 +108,7 @@ def _train(params, runtime: Runtime, prepared_dir, out_dir, live_dir, resume_dir
     run_id = fingerprint(params.section(*STAGE1_PARAMS), inputs + ([Path(params.model.pretrained)] if pretrained else []))
     history: List[Dict[str, float]] = []
     start_epoch = 0
+    best = BestEpoch(f"val/{task.epoch_metric}") if cfg.select == "best_val" else None
     ckpt = checkpoint_path(run_id, resume_dir)
     state = load_checkpoint(ckpt, run_id)
     if state is not None:
@@ -117,6 +118,8 @@ def _train(params, runtime: Runtime, prepared_dir, out_dir, live_dir, resume_dir
         scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         history, start_epoch = state["history"], state["epoch"]
+        if best is not None:
+            best.load_state_dict(state["best"])
         if runtime.is_main:
             print(f"resuming stage 1 from epoch {start_epoch}/{epochs} ({ckpt})")
     trained = runtime.wrap_for_training(model)
@@ -140,18 +143,46 @@ def _train(params, runtime: Runtime, prepared_dir, out_dir, live_dir, resume_dir
         history.append(row)
         if runtime.is_main:
             _log_epoch(live, row)
+            if best is not None:
+                best.update(epoch + 1, row, model)
             save_checkpoint(ckpt, dict(fingerprint=run_id, epoch=epoch + 1, history=history, model=model.state_dict(),
                                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                                       scaler=scaler.state_dict(), torch_rng=torch.get_rng_state()))
+                                       scaler=scaler.state_dict(), torch_rng=torch.get_rng_state(),
+                                       best=best.state_dict() if best is not None else None))
         runtime.barrier()
     if runtime.is_main:
+        live.summary["selected_epoch"] = best.epoch if best is not None else epochs
         live.end()
+        if best is not None:
+            model.load_state_dict(best.weights)
         save_classifier(out_dir, model.to(memory_format=torch.contiguous_format))
         # What the starting point was: the pretrained file's loaded / dropped / missing keys and the frozen tensors.
         write_json(Path(out_dir) / "init.json", {"pretrained": pretrained.to_dict() if pretrained else None,
                                                  "frozen": frozen})
         ckpt.unlink(missing_ok=True)
     runtime.barrier()
+
+
+class BestEpoch:
+    """The weights of the epoch with the highest `metric` so far (ties keep the earlier epoch), kept on the CPU.
+
+    Model selection by validation metric, as classifier-balancing's training loop keeps its best-val model; the
+    CIFAR-LT papers' "best" numbers pick the epoch on the test set, which ltpipe never sees during training.
+    """
+
+    def __init__(self, metric: str):
+        self.metric, self.epoch, self.value, self.weights = metric, 0, -math.inf, None
+
+    def update(self, epoch: int, row: Dict[str, float], model: torch.nn.Module) -> None:
+        if row[self.metric] > self.value:
+            self.epoch, self.value = epoch, row[self.metric]
+            self.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+    def state_dict(self) -> Dict:
+        return {"epoch": self.epoch, "value": self.value, "weights": self.weights}
+
+    def load_state_dict(self, state: Dict) -> None:
+        self.epoch, self.value, self.weights = state["epoch"], state["value"], state["weights"]
 
 
 def _train_one_epoch(model, loader, sampler, mixer, loss_fn, optimizer, scheduler, scaler, runtime: Runtime,
