@@ -82,14 +82,19 @@ def test_two_ranks_with_sync_bn_match_one_process(prepared, tmp_path):
              for d in ("one", "two")]
     losses = [[float(line.split("\t")[1]) for line in c] for c in curve]
     assert len(losses[0]) == len(losses[1]) == 3
-    assert losses[0] == pytest.approx(losses[1], rel=1e-3, abs=1e-4)
+    # Epoch 1 matches before SGD can amplify summation-order drift; per-rank BatchNorm (no sync) is already 2.4e-3
+    # off there. Later epochs drift by up to 1.5e-3 with the single process's thread count (OMP_NUM_THREADS=1 vs 2),
+    # while no sync is 1.3e-2 off by epoch 3.
+    assert losses[0][0] == pytest.approx(losses[1][0], rel=1e-4)
+    assert losses[0] == pytest.approx(losses[1], rel=5e-3)
     w1, w2 = (load_tensors(tmp_path / d / "out/model.safetensors") for d in ("one", "two"))
     assert w1.keys() == w2.keys()
-    # Summation order differs (2 x 32 vs 64, and with the thread count), and 3 epochs of SGD amplify it to about 2e-3
-    # in the running statistics (OMP_NUM_THREADS=1); per-rank BatchNorm (no sync) already fails the loss check above.
+    # Summation order differs (2 x 32 vs 64, and the single process's thread count), and 3 epochs of SGD amplify it:
+    # with OMP_NUM_THREADS=1 a tensor moves by up to 5% of its norm (small BatchNorm biases), per-rank BatchNorm (no
+    # sync) by up to 80%; with 2 threads the runs agree to 1e-6.
     for key in w1:
         if w1[key].is_floating_point():
-            assert torch.allclose(w1[key], w2[key], rtol=1e-2, atol=5e-3), key
+            assert (w1[key] - w2[key]).norm() <= 0.15 * w2[key].norm(), key
     # Only rank 0 wrote: one log, one model, no checkpoint left.
     assert not list((tmp_path / "two/resume").glob("*.pt"))
 
