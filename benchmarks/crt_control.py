@@ -34,6 +34,7 @@ from ltpipe.data.augment import Augment
 from ltpipe.data.loader import BatchLoader
 from ltpipe.data.prepared import load_prepared
 from ltpipe.features import backbone_features
+from ltpipe.metrics import compute_metrics
 from ltpipe.models import load_classifier
 from ltpipe.samplers import build_sampler
 from ltpipe.train.schedule import build_sgd
@@ -63,8 +64,8 @@ class Run:
         return torch.from_numpy(backbone_features(model.backbone, self.loader(split, False), n, split))
 
     def balanced_accuracy(self, logits: torch.Tensor, split: str) -> float:
-        labels, pred = self.splits[split].labels, logits.argmax(1)
-        return 100 * torch.stack([(pred[labels == c] == c).float().mean() for c in range(self.num_classes)]).mean().item()
+        labels = self.splits[split].labels.numpy()
+        return 100 * compute_metrics(logits.numpy(), labels, self.counts)["balanced_accuracy"]
 
     def class_balanced_epoch(self, epoch: int, epochs: int) -> torch.Tensor:
         sampler = build_sampler("class_balanced", self.splits["train"].labels, self.num_classes)
@@ -99,7 +100,7 @@ def authors_crt(run: Run, model, epochs: int) -> dict:
     for p in model.backbone.parameters():
         p.requires_grad_(False)
     torch.manual_seed(run.seed)
-    head = nn.Linear(run.features(model, "val").shape[1], run.num_classes)
+    head = nn.Linear(model.backbone.num_features, run.num_classes)
     loader = run.loader("train", True)
     steps = -(-len(run.splits["train"].labels) // loader.batch_size)
     optimizer, scheduler = build_sgd(head.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4,
