@@ -75,14 +75,27 @@ def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     write_bytes(path, buf.getvalue())
 
 
-def save_tensors(path: str | os.PathLike, tensors: Dict[str, "torch.Tensor"], metadata: Dict[str, str] | None = None) -> None:
-    """safetensors rather than torch.save: its bytes depend on the tensors only."""
+# safetensors writes a metadata map in hash order, which changes from call to call: one key keeps the bytes fixed.
+_METADATA_KEY = "ltpipe"
+
+
+def save_tensors(path: str | os.PathLike, tensors: Dict[str, "torch.Tensor"], metadata: Dict[str, Any] | None = None) -> None:
+    """safetensors rather than torch.save: its bytes depend on the tensors and the (JSON-able) metadata only."""
     from safetensors.torch import save
 
-    write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata))
+    header = None if metadata is None else {_METADATA_KEY: json.dumps(metadata, sort_keys=True)}
+    write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=header))
 
 
 def load_tensors(path: str | os.PathLike) -> Dict[str, "torch.Tensor"]:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+def load_tensor_metadata(path: str | os.PathLike) -> Dict[str, Any]:
+    """The metadata `save_tensors` stored with the tensors."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()[_METADATA_KEY])

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from ltpipe.errors import ConfigError
 from ltpipe.models import Classifier, build_backbone, load_classifier, save_classifier
+from ltpipe.models.heads import LinearHead, load_head, save_head
 
 
 def test_resnet32_matches_the_ldam_paper_size():
@@ -34,6 +35,19 @@ def test_save_load_roundtrip(tmp_path):
     x = torch.randn(3, 1, 8, 8)
     assert torch.equal(model(x), again(x))
     assert (tmp_path / "model.safetensors").read_bytes() == _saved_bytes(model, tmp_path / "again")
+
+
+def test_a_saved_head_has_the_same_bytes_every_time(tmp_path):
+    # A head's file carries its registry name and kwargs as metadata; safetensors writes a metadata map in hash order,
+    # so without care the same head gave one of two byte strings (and DVC saw a changed stage-2 output).
+    head = LinearHead(8, 3, bias=True, normalize_weight=True, scale=2.0)
+    saved = set()
+    for i in range(20):
+        save_head(tmp_path / f"head{i}.safetensors", head)
+        saved.add((tmp_path / f"head{i}.safetensors").read_bytes())
+    assert len(saved) == 1
+    again = load_head(tmp_path / "head0.safetensors")
+    assert again.kwargs == head.kwargs
 
 
 def _saved_bytes(model, path):

@@ -1,7 +1,6 @@
 """Classifier heads: features (N, D) -> logits (N, C). Saved as safetensors plus the kwargs that rebuild them."""
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, Dict, Optional
 
@@ -9,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltpipe.io import load_tensors, save_tensors
+from ltpipe.io import load_tensor_metadata, load_tensors, save_tensors
 from ltpipe.registry import Registry
 
 HEADS = Registry("classifier head")
@@ -74,17 +73,14 @@ class LinearHead(nn.Module):
 
 def save_head(path, head: nn.Module) -> None:
     name = next(n for n in HEADS.names() if type(head) is HEADS.get(n))
-    save_tensors(path, head.state_dict(), metadata={"head": name, "kwargs": json.dumps(head.kwargs, sort_keys=True)})
+    save_tensors(path, head.state_dict(), metadata={"head": name, "kwargs": head.kwargs})
 
 
 def load_head(path) -> nn.Module:
-    from safetensors import safe_open
-
     import ltpipe.classifier  # noqa: F401  (registers the stage-2 heads, e.g. BBN's, in HEADS)
     import ltpipe.models.causal  # noqa: F401  (the causal-TDE head)
 
-    with safe_open(str(path), framework="pt") as f:
-        meta: Dict[str, Any] = f.metadata()
-    head = HEADS.build(meta["head"], **json.loads(meta["kwargs"]))
+    meta = load_tensor_metadata(path)
+    head = HEADS.build(meta["head"], **meta["kwargs"])
     head.load_state_dict(load_tensors(path))
     return head
