@@ -127,6 +127,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.epochs < 3:
+        parser.error(f"--epochs {args.epochs}: needs >= 3 (the lr steps after a third and two thirds of the epochs)")
     run = Run(args.run, args.seed)
     print(f"date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}; machine: "
           f"{platform.platform()}; torch {torch.__version__}; run: {args.run}; epochs {args.epochs}; seed {args.seed}")
