@@ -43,11 +43,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.transforms as transforms
 
 from ltpipe.io import write_json
 from ltpipe.train.checkpoint import fingerprint, load_checkpoint, save_checkpoint
-from reference_control import CLASSES, ArrayDataset, load_split, long_tailed
+from reference_control import CLASSES, ArrayDataset, reference_data, reference_lr
 
 STAGE2_EPOCHS = 10
 
@@ -67,18 +66,6 @@ def fast(x: torch.Tensor) -> torch.Tensor:
 def copy_state(module: torch.nn.Module) -> dict:
     # state_dict() shares storage with the live parameters, which the next epochs overwrite
     return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
-
-
-def stage1_lr(epoch: int, epochs: int, base: float = 0.1) -> float:
-    """train_stage1.py adjust_learning_rate (cos False), 160 / 180 as 80% / 90% of `epochs`; epoch is 0-based."""
-    e = epoch + 1
-    if e <= 5:
-        return base * e / 5
-    if e > int(0.9 * epochs):
-        return base * 0.01
-    if e > int(0.8 * epochs):
-        return base * 0.1
-    return base
 
 
 def evaluate(backbone, head, test, test_labels: np.ndarray) -> tuple[float, list[float]]:
@@ -150,12 +137,7 @@ def main() -> None:
     ref_commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=args.ref_repo, capture_output=True,
                                 text=True).stdout.strip() or "unknown"
 
-    normalize = transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
-    train_tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                                   transforms.ToTensor(), normalize])
-    test_tf = transforms.Compose([transforms.ToTensor(), normalize])
-    images, labels, counts = long_tailed(*load_split(args.root, "train"))
-    test_images, test_labels = load_split(args.root, "test")
+    (images, labels, counts, train_tf), (test_images, test_labels, test_tf) = reference_data(args.root)
     train_set = ArrayDataset(images, labels, train_tf)
     train_set.targets = labels.tolist()  # what the reference's ClassAwareSampler reads
     test = torch.utils.data.DataLoader(ArrayDataset(test_images, test_labels, test_tf), batch_size=128,
@@ -184,7 +166,8 @@ def main() -> None:
     print(f"class counts {counts} ({len(labels)} images); test {len(test_labels)}", flush=True)
     for epoch in range(state["epoch"], args.epochs):
         start = time.perf_counter()
-        lr = stage1_lr(epoch, args.epochs)
+        # train_stage1.py's schedule is cifar_train.py's with decays x0.1 / x0.01 instead of x0.01 / x0.0001
+        lr = reference_lr(epoch, args.epochs, decays=(0.1, 0.01))
         for group in optimizer.param_groups:
             group["lr"] = lr
         backbone.train()

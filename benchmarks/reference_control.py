@@ -79,15 +79,27 @@ class ArrayDataset(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
-def reference_lr(epoch: int, epochs: int, base: float = 0.1) -> float:
-    """cifar_train.py adjust_learning_rate with 160/180 as 80%/90% of `epochs` (epoch is 0-based there too)."""
+def reference_data(root: Path):
+    """((LT train images, labels, class counts, train transform), (test images, labels, test transform)) as the
+    CIFAR-LT codes of LDAM-DRW and MiSLAS build them: pad-4 crop + flip, their fixed CIFAR normalisation."""
+    normalize = transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+    train_tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                                   transforms.ToTensor(), normalize])
+    test_tf = transforms.Compose([transforms.ToTensor(), normalize])
+    return (*long_tailed(*load_split(root, "train")), train_tf), (*load_split(root, "test"), test_tf)
+
+
+def reference_lr(epoch: int, epochs: int, base: float = 0.1,
+                 decays: tuple[float, float] = (0.01, 0.0001)) -> float:
+    """cifar_train.py adjust_learning_rate with 160/180 as 80%/90% of `epochs` (epoch is 0-based there too): linear
+    warm-up over 5 epochs, then base, base * decays[0] after 80%, base * decays[1] after 90%."""
     e = epoch + 1
     if e <= 5:
         return base * e / 5
     if e > int(0.9 * epochs):
-        return base * 0.0001
+        return base * decays[1]
     if e > int(0.8 * epochs):
-        return base * 0.01
+        return base * decays[0]
     return base
 
 
@@ -132,12 +144,7 @@ def main() -> None:
     ref_commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=args.ref_repo, capture_output=True,
                                 text=True).stdout.strip() or "unknown"
     torch.manual_seed(args.seed)
-    normalize = transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
-    train_tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                                   transforms.ToTensor(), normalize])
-    test_tf = transforms.Compose([transforms.ToTensor(), normalize])
-    images, labels, counts = long_tailed(*load_split(args.root, "train"))
-    test_images, test_labels = load_split(args.root, "test")
+    (images, labels, counts, train_tf), (test_images, test_labels, test_tf) = reference_data(args.root)
     train = torch.utils.data.DataLoader(ArrayDataset(images, labels, train_tf), batch_size=128, shuffle=True,
                                         num_workers=args.workers)
     test = torch.utils.data.DataLoader(ArrayDataset(test_images, test_labels, test_tf), batch_size=100,
