@@ -24,12 +24,17 @@ differ.
     git clone https://github.com/dvlab-research/MiSLAS /path/MiSLAS
     python benchmarks/mislas_control.py --ref-repo /path/MiSLAS --root /path/cifar10-jpg --out mislas_control.json
 
+`--ltpipe-run DIR` instead of `--root` runs only the reference's stage 2, on the stage-1 model of an ltpipe pipeline
+checkout of the `mislas` recipe, with that run's images, splits and normalisation (test: its test split), to tell
+ltpipe's stage 2 from its stage 1.
+
 Resumable: stage 1 writes a checkpoint after every epoch next to --out and picks it up when the same command runs
 again; stage 2 (about a minute per start) reruns whole.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import importlib.util
 import json
@@ -76,13 +81,20 @@ def evaluate(backbone, head, test, test_labels: np.ndarray) -> tuple[float, list
     return float((predicted == test_labels).mean()), per_class
 
 
-def stage2(ref, backbone_state, classifier_state, train_set, counts, test, test_labels, seed: int) -> dict:
-    """train_stage2.py for CIFAR-10 (shift_bn False, mixup False), from the given stage-1 weights."""
-    torch.manual_seed(seed)
-    random.seed(seed)
+def reference_model(ref, states: dict | None = None) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The reference's (resnet32_fe, Classifier), with the given state dicts ("backbone", "classifier") if any."""
     backbone, classifier = ref.resnet.resnet32_fe(), ref.resnet.Classifier(feat_in=64, num_classes=len(CLASSES))
-    backbone.load_state_dict(backbone_state)
-    classifier.load_state_dict(classifier_state)
+    if states is not None:
+        backbone.load_state_dict(states["backbone"])
+        classifier.load_state_dict(states["classifier"])
+    return backbone, classifier
+
+
+def stage2(ref, backbone, classifier, train_set, counts, test, test_labels, seed: int) -> dict:
+    """train_stage2.py for CIFAR-10 (shift_bn False, mixup False) on copies of the given stage-1 modules."""
+    torch.manual_seed(seed)
+    random.seed(seed)  # the reference's ClassAwareSampler shuffles with `random`
+    backbone, classifier = copy.deepcopy(backbone), copy.deepcopy(classifier)
     lws = ref.methods.LearnableWeightScaling(num_classes=len(CLASSES))
     loader = torch.utils.data.DataLoader(train_set, batch_size=128, shuffle=False,
                                          sampler=ref.sampler.ClassAwareSampler(train_set))
@@ -114,29 +126,38 @@ def stage2(ref, backbone_state, classifier_state, train_set, counts, test, test_
                 per_class_last=per_class, history=history)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ref-repo", type=Path, required=True, help="a checkout of dvlab-research/MiSLAS")
-    parser.add_argument("--root", type=Path, required=True, help="the unpacked cifar10-jpg folder")
-    parser.add_argument("--epochs", type=int, default=200, help="stage-1 epochs")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("mislas_control.json"))
-    args = parser.parse_args()
-    needed = ["models/resnet_cifar.py", "methods.py", "datasets/sampler.py"]
-    missing = [name for name in needed if not (args.ref_repo / name).is_file()]
-    if missing:
-        sys.exit(f"{args.ref_repo} is not a dvlab-research/MiSLAS checkout (missing {', '.join(missing)})")
-    if args.epochs < 10:
-        sys.exit(f"--epochs must be >= 10 (5 warm-up epochs, then the two decays), got {args.epochs}")
+def on_ltpipe_stage1(ref, args) -> dict:
+    """The reference's stage 2 on the stage-1 model of an ltpipe pipeline checkout (the `mislas` recipe), with that
+    run's prepared images, splits and normalisation: isolates ltpipe's stage 2 from its stage 1."""
+    import torchvision.transforms as transforms
+
+    from ltpipe.data.prepared import load_prepared
+    from ltpipe.models import load_classifier
+
+    prepared = load_prepared(args.ltpipe_run / "data/prepared")
+    train, test = prepared.split("train"), prepared.split("test")
+    if train.images is None:
+        sys.exit(f"{args.ltpipe_run}: needs small images decoded by prepare (dataset.in_memory_max_size)")
+    model = load_classifier(args.ltpipe_run / "artifacts/stage1")
+    normalize = transforms.Normalize(prepared.info["mean"], prepared.info["std"])
+    train_tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                                   transforms.ToTensor(), normalize])
+    test_tf = transforms.Compose([transforms.ToTensor(), normalize])
+    labels, test_labels = train.labels.numpy(), test.labels.numpy()
+    train_set = ArrayDataset(train.images.numpy(), labels, train_tf)
+    train_set.targets = labels.tolist()  # what the reference's ClassAwareSampler reads
+    test_loader = torch.utils.data.DataLoader(ArrayDataset(test.images.numpy(), test_labels, test_tf),
+                                              batch_size=128, num_workers=args.workers)
+    counts = np.bincount(labels, minlength=len(CLASSES)).tolist()
+    print(f"ltpipe stage 1 of {args.ltpipe_run}; class counts {counts}; test {len(test_labels)}", flush=True)
+    start = time.perf_counter()
+    result = stage2(ref, model.backbone, model.head, train_set, counts, test_loader, test_labels, args.seed)
+    return dict(ltpipe_run=str(args.ltpipe_run), stage2=result, stage2_wall_s=round(time.perf_counter() - start))
+
+
+def reference_two_stages(ref, args) -> dict:
     if not (args.root / "train").is_dir() or not (args.root / "test").is_dir():
         sys.exit(f"--root {args.root} has no train/ and test/ folders (the unpacked cifar10-jpg)")
-    ref = argparse.Namespace(resnet=load_module(args.ref_repo / "models/resnet_cifar.py"),
-                             methods=load_module(args.ref_repo / "methods.py"),
-                             sampler=load_module(args.ref_repo / "datasets/sampler.py"))
-    ref_commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=args.ref_repo, capture_output=True,
-                                text=True).stdout.strip() or "unknown"
-
     (images, labels, counts, train_tf), (test_images, test_labels, test_tf) = reference_data(args.root)
     train_set = ArrayDataset(images, labels, train_tf)
     train_set.targets = labels.tolist()  # what the reference's ClassAwareSampler reads
@@ -145,7 +166,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)  # mixup's lambda comes from np.random
     train = torch.utils.data.DataLoader(train_set, batch_size=128, shuffle=True, num_workers=args.workers)
-    backbone, classifier = ref.resnet.resnet32_fe(), ref.resnet.Classifier(feat_in=64, num_classes=len(CLASSES))
+    backbone, classifier = reference_model(ref)
     optimizer = torch.optim.SGD([{"params": backbone.parameters()}, {"params": classifier.parameters()}], 0.1,
                                 momentum=0.9, weight_decay=2e-4)
     criterion = torch.nn.CrossEntropyLoss()
@@ -194,24 +215,48 @@ def main() -> None:
 
     start = time.perf_counter()
     print("stage 2 from the last stage-1 epoch", flush=True)
-    from_last = stage2(ref, backbone.state_dict(), classifier.state_dict(), train_set, counts, test, test_labels,
-                       args.seed)
+    from_last = stage2(ref, backbone, classifier, train_set, counts, test, test_labels, args.seed)
     print(f"stage 2 from the best stage-1 epoch on test ({best['epoch']})", flush=True)
-    from_best = stage2(ref, best["backbone"], best["classifier"], train_set, counts, test, test_labels, args.seed)
-    stage2_s = time.perf_counter() - start
+    from_best = stage2(ref, *reference_model(ref, best), train_set, counts, test, test_labels, args.seed)
+    return dict(epochs=args.epochs,
+                stage1=dict(last=state["history"][-1], best=max(state["history"]), best_epoch=best["epoch"],
+                            per_class_last=state["per_class_last"], wall_s=round(state["wall_s"]),
+                            history=state["history"]),
+                stage2_from_last=from_last, stage2_from_best=from_best,
+                stage2_wall_s=round(time.perf_counter() - start))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ref-repo", type=Path, required=True, help="a checkout of dvlab-research/MiSLAS")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--root", type=Path, help="the unpacked cifar10-jpg folder: run both reference stages")
+    source.add_argument("--ltpipe-run", type=Path, help="a pipeline checkout after `dvc repro` of the mislas recipe: "
+                                                        "run the reference's stage 2 on its stage 1")
+    parser.add_argument("--epochs", type=int, default=200, help="stage-1 epochs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=Path("mislas_control.json"))
+    args = parser.parse_args()
+    needed = ["models/resnet_cifar.py", "methods.py", "datasets/sampler.py"]
+    missing = [name for name in needed if not (args.ref_repo / name).is_file()]
+    if missing:
+        sys.exit(f"{args.ref_repo} is not a dvlab-research/MiSLAS checkout (missing {', '.join(missing)})")
+    if args.epochs < 10:
+        sys.exit(f"--epochs must be >= 10 (5 warm-up epochs, then the two decays), got {args.epochs}")
+    ref = argparse.Namespace(resnet=load_module(args.ref_repo / "models/resnet_cifar.py"),
+                             methods=load_module(args.ref_repo / "methods.py"),
+                             sampler=load_module(args.ref_repo / "datasets/sampler.py"))
+    ref_commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=args.ref_repo, capture_output=True,
+                                text=True).stdout.strip() or "unknown"
+    runs = on_ltpipe_stage1(ref, args) if args.ltpipe_run else reference_two_stages(ref, args)
     result = dict(command=" ".join([Path(sys.executable).name] + sys.argv), reference_commit=ref_commit,
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   machine=f"{platform.platform()} | {os.cpu_count()} CPUs", torch=torch.__version__,
-                  epochs=args.epochs, seed=args.seed,
-                  stage1=dict(last=state["history"][-1], best=max(state["history"]), best_epoch=best["epoch"],
-                              per_class_last=state["per_class_last"], wall_s=round(state["wall_s"]),
-                              history=state["history"]),
-                  stage2_from_last=from_last, stage2_from_best=from_best, stage2_wall_s=round(stage2_s))
+                  seed=args.seed, **runs)
     write_json(args.out, result)
-    summary = {k: v for k, v in result.items() if not k.startswith("stage")}
-    for key in ("stage1", "stage2_from_last", "stage2_from_best"):
-        summary[key] = {k: v for k, v in result[key].items() if k != "history"}
-    print(json.dumps(summary), flush=True)
+    print(json.dumps({k: {n: x for n, x in v.items() if n != "history"} if isinstance(v, dict) else v
+                      for k, v in result.items()}), flush=True)
 
 
 if __name__ == "__main__":
