@@ -26,7 +26,8 @@ differ.
 
 `--ltpipe-run DIR` instead of `--root` runs only the reference's stage 2, on the stage-1 model of an ltpipe pipeline
 checkout of the `mislas` recipe, with that run's images, splits and normalisation (test: its test split), to tell
-ltpipe's stage 2 from its stage 1.
+ltpipe's stage 2 from its stage 1. `--no-augment` feeds that stage 2 the unaugmented images (as ltpipe's cached
+features are) to measure what the augmentation is worth.
 
 Resumable: stage 1 writes a checkpoint after every epoch next to --out and picks it up when the same command runs
 again; stage 2 (about a minute per start) reruns whole.
@@ -140,9 +141,9 @@ def on_ltpipe_stage1(ref, args) -> dict:
         sys.exit(f"{args.ltpipe_run}: needs small images decoded by prepare (dataset.in_memory_max_size)")
     model = load_classifier(args.ltpipe_run / "artifacts/stage1")
     normalize = transforms.Normalize(prepared.info["mean"], prepared.info["std"])
-    train_tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                                   transforms.ToTensor(), normalize])
     test_tf = transforms.Compose([transforms.ToTensor(), normalize])
+    train_tf = test_tf if args.no_augment else transforms.Compose(
+        [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize])
     labels, test_labels = train.labels.numpy(), test.labels.numpy()
     train_set = ArrayDataset(train.images.numpy(), labels, train_tf)
     train_set.targets = labels.tolist()  # what the reference's ClassAwareSampler reads
@@ -152,7 +153,7 @@ def on_ltpipe_stage1(ref, args) -> dict:
     print(f"ltpipe stage 1 of {args.ltpipe_run}; class counts {counts}; test {len(test_labels)}", flush=True)
     start = time.perf_counter()
     result = stage2(ref, model.backbone, model.head, train_set, counts, test_loader, test_labels, args.seed)
-    return dict(ltpipe_run=str(args.ltpipe_run), stage2=result, stage2_wall_s=round(time.perf_counter() - start))
+    return dict(ltpipe_run=str(args.ltpipe_run), augment=not args.no_augment, stage2=result, stage2_wall_s=round(time.perf_counter() - start))
 
 
 def reference_two_stages(ref, args) -> dict:
@@ -233,6 +234,8 @@ def main() -> None:
     source.add_argument("--root", type=Path, help="the unpacked cifar10-jpg folder: run both reference stages")
     source.add_argument("--ltpipe-run", type=Path, help="a pipeline checkout after `dvc repro` of the mislas recipe: "
                                                         "run the reference's stage 2 on its stage 1")
+    parser.add_argument("--no-augment", action="store_true",
+                        help="with --ltpipe-run: stage 2 on unaugmented images (no pad-4 crop, no flip)")
     parser.add_argument("--epochs", type=int, default=200, help="stage-1 epochs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
@@ -242,6 +245,8 @@ def main() -> None:
     missing = [name for name in needed if not (args.ref_repo / name).is_file()]
     if missing:
         sys.exit(f"{args.ref_repo} is not a dvlab-research/MiSLAS checkout (missing {', '.join(missing)})")
+    if args.no_augment and not args.ltpipe_run:
+        sys.exit("--no-augment applies to --ltpipe-run only (the reference's own two stages keep its augmentation)")
     if args.epochs < 10:
         sys.exit(f"--epochs must be >= 10 (5 warm-up epochs, then the two decays), got {args.epochs}")
     ref = argparse.Namespace(resnet=load_module(args.ref_repo / "models/resnet_cifar.py"),
