@@ -233,7 +233,9 @@ def params_model() -> type[BaseModel]:
             return self
 
     # stage2.seed: null uses the run seed; set it to repeat stage 2 on one cached stage 1 (the seed key would retrain).
+    # stage2.train_views: 0 trains on the unaugmented features; V > 0 on V augmented views, one per epoch in turn.
     Stage2 = blocks_model(STAGE2, "stage2", method=(STAGE2.name_type(), "crt"), seed=(Optional[NonNegInt], None),
+                          train_views=(NonNegInt, 0),
                           ensemble=(EnsembleParams, Field(default_factory=EnsembleParams)))
 
     class Params(Section):

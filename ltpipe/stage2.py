@@ -9,7 +9,7 @@ from ltpipe.classifier import Stage2Data, fit_stage2
 from ltpipe.classifier.ensemble import ensemble_heads
 from ltpipe.models.heads import save_head
 from ltpipe.data.prepared import load_prepared
-from ltpipe.features import load_features
+from ltpipe.features import load_features, load_train_views
 from ltpipe.io import write_csv, write_json, write_npy
 from ltpipe.models import load_classifier
 from ltpipe.tables import frequency_ranked
@@ -32,6 +32,7 @@ def retrain_classifier(params, prepared_dir, model_dir, features_dir, out_dir) -
     data = Stage2Data(
         train_features=load_features(features_dir, "train", device),
         train_labels=prepared.split("train").labels.to(device),
+        train_views=load_train_views(features_dir, params.stage2.train_views, device),
         val_features=load_features(features_dir, "val", device), val_labels=prepared.split("val").labels.to(device),
         class_counts=list(prepared.class_counts), base_head=base_head,
         seed=params.seed if params.stage2.seed is None else params.stage2.seed, task=prepared.task)

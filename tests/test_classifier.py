@@ -15,11 +15,12 @@ from ltpipe.classifier import STAGE2, Stage2Data, fit_stage2
 from ltpipe.classifier.base import plain_copy
 from ltpipe.classifier.bbn import BBNHead, CumulativeLearning, bbn_alpha
 from ltpipe.classifier.tau_norm import tau_normalized
+from ltpipe.classifier.train import Recipe, fit
 from ltpipe.models.heads import LinearHead, load_head, save_head
 from ltpipe.classifier.lws import ScaledLogits
 from ltpipe.errors import ConfigError
 from ltpipe.losses import build_loss
-from ltpipe.samplers import ClassAwareSampler
+from ltpipe.samplers import ClassAwareSampler, build_sampler
 from ltpipe.stage2 import weight_norms
 from conftest import ROOT
 
@@ -363,6 +364,51 @@ def test_weight_balancing_projects_once_per_epoch_with_the_reference_loss(monkey
     fit_stage2("weight_balancing", make_data(), epochs=3, progress=False)  # 200 samples, batch 64: 4 steps per epoch
     assert seen["projections"] == 3
     assert type(seen["loss_fn"]) is type(build_loss("cb_softmax_bce", COUNTS))
+
+
+# ---------------------------------------------------------------- augmented train views
+
+
+def with_views(d: Stage2Data, views: torch.Tensor) -> Stage2Data:
+    return Stage2Data(d.train_features, d.train_labels, d.val_features, d.val_labels, COUNTS, d.base_head, d.seed,
+                      train_views=views)
+
+
+def test_the_training_loop_takes_view_e_mod_v_at_epoch_e():
+    d = make_data()
+    d = with_views(d, torch.stack([torch.full_like(d.train_features, v) for v in (1.0, 2.0)]))
+    w, seen = torch.zeros(1, requires_grad=True), []
+
+    class Spy:
+        def set_epoch(self, epoch, total):
+            seen.append(set())
+
+        def __call__(self, batches):
+            (x, _), = batches
+            seen[-1].update(x.unique().tolist())
+            return (w * x).sum()
+
+    recipe = Recipe(epochs=3, lr=0.1, batch_size=64, momentum=0.9, weight_decay=0.0, schedule="cosine",
+                    progress=False)
+    fit([w], d, [build_sampler("instance", d.train_labels, C)], Spy(), recipe)
+    assert seen == [{1.0}, {2.0}, {1.0}]
+
+
+def test_crt_learns_from_the_views_not_the_plain_features():
+    d = make_data()
+    g = torch.Generator().manual_seed(5)
+    views = torch.stack([clusters(COUNTS, g)[0] for _ in range(2)])  # the same labels, fresh noise per view
+    noise = torch.randn(d.train_features.shape, generator=g)
+    d = Stage2Data(noise, d.train_labels, d.val_features, d.val_labels, COUNTS, d.base_head, 0, train_views=views)
+    head, _ = fit_stage2("crt", d, epochs=20, progress=False)
+    assert (head(d.val_features).argmax(1) == d.val_labels).float().mean() == 1.0
+
+
+def test_views_of_the_wrong_shape_are_rejected():
+    d = make_data()
+    for bad in (d.train_features, d.train_features[None, :-1], torch.zeros(0, *d.train_features.shape)):
+        with pytest.raises(ConfigError, match="train_views must be \\(V, N, D\\)"):
+            with_views(d, bad)
 
 
 # ---------------------------------------------------------------- every method

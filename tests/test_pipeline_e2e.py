@@ -10,6 +10,7 @@ import yaml
 
 from conftest import checkout_baseline, plots_json, run, stages_ran
 from ltpipe.classifier import STAGE2
+from ltpipe.errors import ConfigError
 from ltpipe.models.heads import load_head
 from ltpipe.evaluate import evaluate
 from ltpipe.report import experiments_table
@@ -59,6 +60,27 @@ def test_exp_run_loss_changes_metrics_and_stage2_change_keeps_stage1(project):
     done = table[table["state"] == "done"]
     assert {"cb_focal"} <= set(done["loss"]) and "tau_norm" in set(done["stage2.method"]), table
     assert done["accuracy"].notna().all(), table
+
+
+def test_augmented_train_views_rerun_extraction_but_not_stage1(project):
+    """stage2.train_views V: extract_features adds V views of the train images augmented as in stage 1, which
+    stage 2 trains on, one per epoch; stage 1 stays cached."""
+    tmp, _ = project
+    try:
+        out = run("dvc exp run -S stage2.train_views=2 -S stage2.method=crt", tmp)
+        assert stages_ran(out.stdout) == {"extract_features", "retrain_classifier", "evaluate"}, out.stdout
+        plain = np.load(tmp / "artifacts/features/train_features.npy")
+        views = np.load(tmp / "artifacts/features/train_views_features.npy")
+        assert views.shape == (2, *plain.shape)
+        assert not np.allclose(views[0], views[1]) and not np.allclose(views[0], plain)
+        assert 0.0 <= json.loads((tmp / "metrics/metrics.json").read_text())["accuracy"] <= 1.0
+        params = yaml.safe_load((tmp / "params.yaml").read_text())
+        params["stage2"]["train_views"] = 3
+        with pytest.raises(ConfigError, match="holds \\(2, .* not 3 views; rerun extract_features"):
+            retrain_classifier(params, tmp / "data/prepared", tmp / "artifacts/stage1", tmp / "artifacts/features",
+                               tmp / "unused")
+    finally:
+        checkout_baseline(tmp)
 
 
 # tde needs a causal stage-1 head: tests/test_finetune_e2e.py runs it on one.

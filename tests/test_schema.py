@@ -219,6 +219,7 @@ def test_stage_exits_1_without_traceback_before_touching_outputs(tmp_path):
     ("train.optimizer", "adamx", "train.optimizer: 'adamx': unknown optimizer 'adamx'; valid choices: "),
     ("stage2.method", "tde", "stage2.method: 'tde': needs the causal head of stage 1: set model.head: causal"),
     ("stage2.ensemble.t_new", 0, "stage2.ensemble.t_new: 0: must be > 0"),
+    ("stage2.train_views", -1, "stage2.train_views: -1: must be >= 0"),
     ("train.layer_decay", 1.5, "train.layer_decay: 1.5: must be <= 1"),
 ])
 def test_fine_tuning_params_fail_before_training(path, value, message):

@@ -22,7 +22,9 @@ BOTH_TASKS = ("multiclass", "multilabel")
 class Stage2Data:
     """Frozen-backbone features of the train split and the validation split (never the test set), their labels in
     the task's format (int64 class indices (N,) or an (N, C) multi-hot matrix), the train images per class, the
-    stage-1 head, the run seed and the task (default: the one whose format the train labels have)."""
+    stage-1 head, the run seed, the task (default: the one whose format the train labels have) and optionally
+    `train_views`, (V, N, D) features of V augmented views of the train images, which the training loop of
+    ltpipe.classifier.train uses in turn, one per epoch, in place of `train_features`."""
 
     train_features: torch.Tensor
     train_labels: torch.Tensor
@@ -32,6 +34,7 @@ class Stage2Data:
     base_head: LinearHead
     seed: int
     task: Optional[Task] = None
+    train_views: Optional[torch.Tensor] = None
 
     def __post_init__(self) -> None:
         num_classes = len(self.class_counts)
@@ -44,6 +47,11 @@ class Stage2Data:
                                   f"and labels {tuple(y.shape)}")
         if self.train_labels.shape[0] == 0:
             raise ConfigError("stage 2 needs at least one training feature, got none")
+        views = self.train_views
+        if views is not None and (views.dim() != 3 or views.shape[0] == 0
+                                  or tuple(views.shape[1:]) != tuple(self.train_features.shape)):
+            raise ConfigError(f"train_views must be (V, N, D) with V >= 1 and (N, D) = train features "
+                              f"{tuple(self.train_features.shape)}, got {tuple(views.shape)}")
         if self.val_features.shape[1] != self.in_features:
             raise ConfigError(f"val features have dimension {self.val_features.shape[1]}, train features "
                               f"{self.in_features}")

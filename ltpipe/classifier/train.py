@@ -75,8 +75,8 @@ def fit(params, data: Stage2Data, samplers: Sequence[Sampler], objective, recipe
         project: Optional[Callable[[], None]] = None, desc: str = "stage 2") -> List[float]:
     """Train `params` (tensors or param groups) for recipe.epochs; returns the mean training loss of each epoch.
 
-    Each step takes one batch from every sampler's epoch (sampler k seeded with data.seed + k) and calls
-    `objective(batches)`; `objective.set_epoch` runs at every epoch start and `project` (e.g. MaxNorm) at every
+    Each step takes one batch from every sampler's epoch (sampler k seeded with data.seed + k) of the train features
+    (epoch e: view e mod V of data.train_views when given) and calls `objective(batches)`; `objective.set_epoch` runs at every epoch start and `project` (e.g. MaxNorm) at every
     epoch end, without gradients. An epoch is as long as the samplers' epochs, which must be equally long.
     """
     n = len(samplers[0])
@@ -90,13 +90,14 @@ def fit(params, data: Stage2Data, samplers: Sequence[Sampler], objective, recipe
     curve = []
     for epoch in range(recipe.epochs):
         objective.set_epoch(epoch, recipe.epochs)
+        features = data.train_features if data.train_views is None else data.train_views[epoch % len(data.train_views)]
         streams = [s.epoch_indices(epoch, recipe.epochs, data.seed + k).split(recipe.batch_size)
                    for k, s in enumerate(samplers)]
         total = 0.0
         bar = tqdm(zip(*streams, strict=True), total=steps, desc=f"{desc} epoch {epoch + 1}/{recipe.epochs}",
                    leave=False, disable=not recipe.progress)
         for chunks in bar:
-            loss = objective([(data.train_features[i], data.train_labels[i]) for i in chunks])
+            loss = objective([(features[i], data.train_labels[i]) for i in chunks])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
