@@ -35,8 +35,9 @@ def mislas(data: Stage2Data, *, epochs: PosInt = 10, lr: PosFloat = 0.1, head_lr
     iNaturalist 2018 0.3 / 0.0, 0.05 (batch 256, wd 1e-4); Places-LT 0.4 / 0.1, 0.05 (batch 256, wd 5e-4).
 
     Differences from their code: the cosine lr decays per step (theirs per epoch); the features are cached, so
-    stage 2 sees no augmentation (0.5 top-1 on CIFAR-10-LT IF100, measured with their loop: README) and no shifted
-    BN (their CIFAR-100 and large-scale configs re-estimate BN statistics); the final head is returned, not the epoch with the best test accuracy.
+    stage 2 sees augmented images only through `stage2.train_views` (without it, 0.5 top-1 less on CIFAR-10-LT
+    IF100 than their loop: README) and no shifted BN (their CIFAR-100 and large-scale configs re-estimate BN
+    statistics); the final head is returned, not the epoch with the best test accuracy.
     """
     check_real("head_lr_factor", head_lr_factor, low=0, include_low=False)
     recipe = Recipe(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum, weight_decay=weight_decay,

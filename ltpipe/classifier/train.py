@@ -76,8 +76,9 @@ def fit(params, data: Stage2Data, samplers: Sequence[Sampler], objective, recipe
     """Train `params` (tensors or param groups) for recipe.epochs; returns the mean training loss of each epoch.
 
     Each step takes one batch from every sampler's epoch (sampler k seeded with data.seed + k) of the train features
-    (epoch e: view e mod V of data.train_views when given) and calls `objective(batches)`; `objective.set_epoch` runs at every epoch start and `project` (e.g. MaxNorm) at every
-    epoch end, without gradients. An epoch is as long as the samplers' epochs, which must be equally long.
+    (at epoch e, view e mod V of data.train_views when given) and calls `objective(batches)`; `objective.set_epoch`
+    runs at every epoch start and `project` (e.g. MaxNorm) at every epoch end, without gradients. An epoch is as long
+    as the samplers' epochs, which must be equally long.
     """
     n = len(samplers[0])
     if any(len(s) != n for s in samplers):
@@ -90,7 +91,8 @@ def fit(params, data: Stage2Data, samplers: Sequence[Sampler], objective, recipe
     curve = []
     for epoch in range(recipe.epochs):
         objective.set_epoch(epoch, recipe.epochs)
-        features = data.train_features if data.train_views is None else data.train_views[epoch % len(data.train_views)]
+        views = data.train_views
+        features = data.train_features if views is None else views[epoch % len(views)]
         streams = [s.epoch_indices(epoch, recipe.epochs, data.seed + k).split(recipe.batch_size)
                    for k, s in enumerate(samplers)]
         total = 0.0
