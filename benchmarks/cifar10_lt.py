@@ -68,6 +68,14 @@ def setup(workdir: Path, archive: Path, env: dict, log: Path) -> Path:
     return repo
 
 
+def provenance(repo: Path) -> list[str]:
+    """The lines every benchmark report starts with: command, date, machine and the commit of `repo`."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True)
+    return [f"command: {' '.join([Path(sys.executable).name] + sys.argv)}",
+            f"date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
+            f"machine: {platform.platform()} | {os.cpu_count()} CPUs", f"commit: {commit.stdout.strip()}"]
+
+
 def run_experiment(repo: Path, name: str, sets: list[str], env: dict, log: Path) -> tuple[dict, float]:
     start = time.perf_counter()
     sh(["dvc", "exp", "run", "-n", name, *sets], repo, env, log)
@@ -112,12 +120,8 @@ def main() -> None:
     env = dict(os.environ, DVC_NO_ANALYTICS="1", LTPIPE_RESUME_DIR=str(workdir / "resume"))
     repo = setup(workdir, args.archive, env, log)
     env["PYTHONPATH"] = str(repo)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True)
     base = ["-S", f"recipe={args.recipe}", "-S", f"dataset.imagefolder.root={workdir / 'cifar10-jpg'}", *args.extra]
-    header = [f"recipe: {args.recipe}; extra: {' '.join(args.extra) or '-'}",
-              f"command: {' '.join([Path(sys.executable).name] + sys.argv)}",
-              f"date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
-              f"machine: {platform.platform()} | {os.cpu_count()} CPUs", f"commit: {commit.stdout.strip()}",
+    header = [f"recipe: {args.recipe}; extra: {' '.join(args.extra) or '-'}", *provenance(repo),
               f"progress: tail -f {log}"]
     print("\n".join(header), flush=True)
 

@@ -153,7 +153,8 @@ def on_ltpipe_stage1(ref, args) -> dict:
     print(f"ltpipe stage 1 of {args.ltpipe_run}; class counts {counts}; test {len(test_labels)}", flush=True)
     start = time.perf_counter()
     result = stage2(ref, model.backbone, model.head, train_set, counts, test_loader, test_labels, args.seed)
-    return dict(ltpipe_run=str(args.ltpipe_run), augment=not args.no_augment, stage2=result, stage2_wall_s=round(time.perf_counter() - start))
+    return dict(ltpipe_run=str(args.ltpipe_run), augment=not args.no_augment, stage2=result,
+                stage2_wall_s=round(time.perf_counter() - start))
 
 
 def reference_two_stages(ref, args) -> dict:

@@ -10,18 +10,14 @@ markdown table (test top-1, many / medium / few, mean ± std over the seeds) wit
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
 
-from cifar10_lt import DETERMINISTIC, summary
+from cifar10_lt import DETERMINISTIC, provenance, summary
 from ltpipe.evaluate import evaluate
 from ltpipe.features import extract_features
 from ltpipe.schema import validate_params
@@ -45,11 +41,7 @@ def main() -> None:
     raw = yaml.safe_load((args.run / "params.yaml").read_text())
     raw["stage2"]["method"] = args.methods[0]  # the run's own method may not fit; each run below sets its own
     validate_params(raw, str(args.run / "params.yaml"))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    header = [f"command: {' '.join([Path(sys.executable).name] + sys.argv)}",
-              f"date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
-              f"machine: {platform.platform()} | {os.cpu_count()} CPUs", f"commit: {commit.stdout.strip()}",
-              f"stage 1: {args.run} (recipe {raw.get('recipe')}, seed {raw.get('seed')})"]
+    header = [*provenance(ROOT), f"stage 1: {args.run} (recipe {raw.get('recipe')}, seed {raw.get('seed')})"]
     print("\n".join(header), flush=True)
 
     rows, walls = [], []
