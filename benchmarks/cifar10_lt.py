@@ -39,9 +39,11 @@ PUBLISHED = {
     ("ldam_drw", "none"): (77.0, "LDAM-DRW (Cao et al., NeurIPS 2019)"),
     ("mislas", "mislas"): (82.1, "MiSLAS (Zhong et al., CVPR 2021)"),
     ("bbn", "bbn"): (79.8, "BBN end to end (Zhou et al., CVPR 2020); ours is frozen-feature"),
+    ("tde", "tde"): (80.6, "De-confound-TDE (Tang et al., NeurIPS 2020; mean of 2 runs)"),
+    ("tde", "none"): (71.7, "De-confound, the causal head without TDE (Tang et al.)"),
 }
 # Stage-2 methods with no randomness: one run per stage 1.
-DETERMINISTIC = {"none", "ncm", "tau_norm"}
+DETERMINISTIC = {"none", "ncm", "tau_norm", "tde"}
 GROUPS = ("accuracy", "many_shot", "medium_shot", "few_shot", "balanced_accuracy", "min_recall")
 
 

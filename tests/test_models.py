@@ -17,6 +17,27 @@ def test_resnet32_matches_the_ldam_paper_size():
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 64)
 
 
+def test_bbn_resnet32_is_bbns_two_branch_resnet32():
+    """BBN_ResNet_Cifar(BasicBlock, [5, 5, 5]) of the TDE code (models/ResNet32Feature.py): 537,488 parameters (counted
+    on the reference module); the trunk's output feeds both last blocks, whose outputs are concatenated."""
+    from ltpipe.models.freeze import stage_groups
+
+    model = build_backbone("bbn_resnet32", in_chans=3).eval()
+    assert sum(p.numel() for p in model.parameters()) == 537_488
+    assert len(model.blocks) == 14 and len(model.branches) == 2 and model.num_features == 128
+    x = torch.randn(2, 3, 32, 32)
+    trunk = model.blocks(F.relu(model.bn1(model.conv1(x))))
+    expected = torch.cat([F.adaptive_avg_pool2d(b(trunk), 1).flatten(1) for b in model.branches], dim=1)
+    torch.testing.assert_close(model(x), expected)
+    assert not torch.allclose(expected[:, :64], expected[:, 64:])  # two blocks with their own weights
+    groups = stage_groups(model)  # the branches belong to stage 3 (freeze_stages 3 freezes them) and are one fine group
+    assert len(groups) == 4 and {"branches.0.conv1.weight", "branches.1.bn2.running_mean"} <= set(groups[3])
+    assert set(stage_groups(model, coarse=False)[-1]) == {n for n in groups[3] if n.startswith("branches.")}
+    # one branch is plain resnet32, parameter names included (old checkpoints load)
+    assert set(build_backbone("resnet32", in_chans=3).state_dict()) == set(
+        type(model)(32).state_dict())
+
+
 def test_timm_backbone_without_download():
     model = build_backbone("resnet18", in_chans=1)
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, model.num_features)

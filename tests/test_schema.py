@@ -60,6 +60,17 @@ def test_recipes_hold_their_papers_settings():
     wb = validate_params(compose_params(["recipe=weight_balancing"], ROOT / "conf"))
     assert (wb.train.epochs, wb.train.batch_size, wb.train.lr, wb.train.weight_decay, wb.train.schedule) == \
         (320, 64, 0.01, 5e-3, "cosine")
+    tde = validate_params(compose_params(["recipe=tde"], ROOT / "conf"))
+    assert (tde.model.backbone, tde.model.head, tde.stage2.method, tde.stage2.tde.alpha) == \
+        ("bbn_resnet32", "causal", "tde", 1.0)
+    assert (tde.train.epochs, tde.train.batch_size, tde.train.lr, tde.train.weight_decay) == (200, 256, 0.2, 5e-4)
+    # The authors' WarmupMultiStepLR is stepped before each 1-based epoch E: lr factor 0.01^bisect_right([120, 160], E),
+    # so 0-based epochs 118 / 119 / 158 / 159 train at 1 / 0.01 / 0.01 / 1e-4.
+    from ltpipe.train.schedule import lr_lambda
+
+    factor = lr_lambda(steps_per_epoch=7, epochs=tde.train.epochs, warmup_epochs=tde.train.warmup_epochs,
+                       schedule=tde.train.schedule, milestones=tde.train.milestones, gamma=tde.train.gamma)
+    assert [factor(7 * e) for e in (118, 119, 158, 159)] == pytest.approx([1.0, 0.01, 0.01, 1e-4])
     overridden = validate_params(compose_params(["recipe=ldam_drw", "train.epochs=10", "train.milestones=[8,9]",
                                                  "losses.ldam.drw_epoch=8"], ROOT / "conf"))
     assert overridden.train.epochs == 10 and overridden.loss == "ldam", "overrides apply on top of the recipe"

@@ -31,6 +31,13 @@ for _depth in (8, 20, 32, 44, 56, 110):
     BACKBONES.register(f"resnet{_depth}")(_cifar_resnet(_depth))
 
 
+@BACKBONES.register("bbn_resnet32")
+def bbn_resnet32(in_chans: int = 3) -> nn.Module:
+    """BBN's ResNet-32 (Zhou et al., CVPR 2020), the backbone of the causal-TDE CIFAR numbers (Tang et al., NeurIPS
+    2020): ResNet-32 whose last block is two parallel blocks on the same input, concatenated (128 features)."""
+    return CifarResNet(32, in_chans=in_chans, branches=2)
+
+
 def _check_timm_name(name: str) -> None:
     import timm
 
