@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import importlib.util
 import json
 import os
 import platform
@@ -52,21 +51,9 @@ import torch
 
 from ltpipe.io import write_json
 from ltpipe.train.checkpoint import fingerprint, load_checkpoint, save_checkpoint
-from reference_control import CLASSES, ArrayDataset, reference_data, reference_lr
+from reference_control import CLASSES, ArrayDataset, fast, load_module, reference_data, reference_lr
 
 STAGE2_EPOCHS = 10
-
-
-def load_module(path: Path):
-    spec = importlib.util.spec_from_file_location(f"mislas_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def fast(x: torch.Tensor) -> torch.Tensor:
-    # channels-last is what oneDNN's CPU convolutions run fastest on; the arithmetic is the same
-    return x.contiguous(memory_format=torch.channels_last)
 
 
 def copy_state(module: torch.nn.Module) -> dict:

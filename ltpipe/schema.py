@@ -153,7 +153,7 @@ def params_model() -> type[BaseModel]:
     Heads = blocks_model(STAGE1_HEADS, "model.heads")
 
     class Model(Section):
-        backbone: str = "resnet8"  # resnet8/20/32/44/56/110 or any timm model name
+        backbone: str = "resnet8"  # resnet8/20/32/44/56/110, bbn_resnet32 or any timm model name
         pretrained: Optional[str] = None  # a weights file under data/pretrained/ (a DVC dependency of stage 1)
         freeze_stages: Annotated[int, Strict(), Field(ge=-1)] = -1  # -1: train all; 0: the stem; k: stem + k stages
         head: STAGE1_HEADS.name_type() = "linear"  # type: ignore[valid-type]
