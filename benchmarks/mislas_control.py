@@ -41,7 +41,6 @@ import json
 import os
 import platform
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -51,7 +50,7 @@ import torch
 
 from ltpipe.io import write_json
 from ltpipe.train.checkpoint import fingerprint, load_checkpoint, save_checkpoint
-from reference_control import CLASSES, ArrayDataset, fast, load_module, reference_data, reference_lr
+from reference_control import CLASSES, ArrayDataset, fast, git_commit, load_module, reference_data, reference_lr
 
 STAGE2_EPOCHS = 10
 
@@ -240,8 +239,7 @@ def main() -> None:
     ref = argparse.Namespace(resnet=load_module(args.ref_repo / "models/resnet_cifar.py"),
                              methods=load_module(args.ref_repo / "methods.py"),
                              sampler=load_module(args.ref_repo / "datasets/sampler.py"))
-    ref_commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=args.ref_repo, capture_output=True,
-                                text=True).stdout.strip() or "unknown"
+    ref_commit = git_commit(args.ref_repo)
     runs = on_ltpipe_stage1(ref, args) if args.ltpipe_run else reference_two_stages(ref, args)
     result = dict(command=" ".join([Path(sys.executable).name] + sys.argv), reference_commit=ref_commit,
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

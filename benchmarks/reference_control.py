@@ -104,6 +104,22 @@ def reference_data(root: Path):
     return (*long_tailed(*load_split(root, "train")), train_tf), (*load_split(root, "test"), test_tf)
 
 
+def reference_loaders(root: Path, *, batch_size: int, test_batch_size: int, workers: int):
+    """(shuffled train loader, test loader, class counts, test labels) over `reference_data`."""
+    (images, labels, counts, train_tf), (test_images, test_labels, test_tf) = reference_data(root)
+    train = torch.utils.data.DataLoader(ArrayDataset(images, labels, train_tf), batch_size=batch_size, shuffle=True,
+                                        num_workers=workers)
+    test = torch.utils.data.DataLoader(ArrayDataset(test_images, test_labels, test_tf), batch_size=test_batch_size,
+                                       num_workers=workers)
+    return train, test, counts, test_labels
+
+
+def git_commit(folder: Path) -> str:
+    """The short commit of a reference checkout ("unknown" for a folder outside git)."""
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=folder, capture_output=True,
+                          text=True).stdout.strip() or "unknown"
+
+
 def reference_lr(epoch: int, epochs: int, base: float = 0.1,
                  decays: tuple[float, float] = (0.01, 0.0001)) -> float:
     """cifar_train.py adjust_learning_rate with 160/180 as 80%/90% of `epochs` (epoch is 0-based there too): linear
@@ -156,14 +172,10 @@ def main() -> None:
     if not torch.cuda.is_available():
         torch.cuda.FloatTensor = torch.FloatTensor
 
-    ref_commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=args.ref_repo, capture_output=True,
-                                text=True).stdout.strip() or "unknown"
+    ref_commit = git_commit(args.ref_repo)
     torch.manual_seed(args.seed)
-    (images, labels, counts, train_tf), (test_images, test_labels, test_tf) = reference_data(args.root)
-    train = torch.utils.data.DataLoader(ArrayDataset(images, labels, train_tf), batch_size=128, shuffle=True,
-                                        num_workers=args.workers)
-    test = torch.utils.data.DataLoader(ArrayDataset(test_images, test_labels, test_tf), batch_size=100,
-                                       num_workers=args.workers)
+    train, test, counts, test_labels = reference_loaders(args.root, batch_size=128, test_batch_size=100,
+                                                         workers=args.workers)
     model = models.resnet32(num_classes=len(CLASSES), use_norm=args.loss == "ldam")
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=2e-4)
@@ -181,7 +193,7 @@ def main() -> None:
         torch.set_rng_state(saved["rng"])
         state = saved["state"]
         print(f"resuming after epoch {state['epoch']}/{args.epochs}", flush=True)
-    print(f"class counts {counts} ({len(labels)} images); test {len(test_labels)}", flush=True)
+    print(f"class counts {counts} ({sum(counts)} images); test {len(test_labels)}", flush=True)
     for epoch in range(state["epoch"], args.epochs):
         start = time.perf_counter()
         lr = reference_lr(epoch, args.epochs)

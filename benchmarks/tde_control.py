@@ -28,7 +28,6 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 import types
@@ -39,7 +38,7 @@ import torch
 
 from ltpipe.io import write_json
 from ltpipe.train.checkpoint import fingerprint, load_checkpoint, save_checkpoint
-from reference_control import CLASSES, ArrayDataset, fast, load_module, reference_data
+from reference_control import CLASSES, fast, git_commit, load_module, reference_loaders
 
 ALPHAS = {"tde": 1.0, "none": 0.0}  # TDE inference; the plain causal head
 
@@ -94,15 +93,10 @@ def main() -> None:
     if args.epochs < 10:
         sys.exit(f"--epochs must be >= 10 (5 warm-up epochs, then the two decays), got {args.epochs}")
     ref = load_reference(args.ref_repo)
-    ref_commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=args.ref_repo, capture_output=True,
-                                text=True).stdout.strip() or "unknown"
-
+    ref_commit = git_commit(args.ref_repo)
     torch.manual_seed(args.seed)
-    (images, labels, counts, train_tf), (test_images, test_labels, test_tf) = reference_data(args.root)
-    train = torch.utils.data.DataLoader(ArrayDataset(images, labels, train_tf), batch_size=256, shuffle=True,
-                                        num_workers=args.workers)
-    test = torch.utils.data.DataLoader(ArrayDataset(test_images, test_labels, test_tf), batch_size=256,
-                                       num_workers=args.workers)
+    train, test, counts, test_labels = reference_loaders(args.root, batch_size=256, test_batch_size=256,
+                                                         workers=args.workers)
     networks = dict(feat_model=ref.resnet.create_model().to(memory_format=torch.channels_last),
                     classifier=ref.causal.create_model(128, num_classes=len(CLASSES), use_effect=True, num_head=2,
                                                        tau=16.0, alpha=ALPHAS["tde"], gamma=0.03125))
@@ -125,7 +119,7 @@ def main() -> None:
         torch.set_rng_state(saved["rng"])
         state = saved["state"]
         print(f"resuming after epoch {state['epoch']}/{args.epochs}", flush=True)
-    print(f"class counts {counts} ({len(labels)} images); test {len(test_labels)}", flush=True)
+    print(f"class counts {counts} ({sum(counts)} images); test {len(test_labels)}", flush=True)
     backbone, classifier = networks["feat_model"], networks["classifier"]
     for epoch in range(state["epoch"], args.epochs):
         start = time.perf_counter()
