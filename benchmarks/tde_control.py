@@ -7,9 +7,9 @@ models/ResNet32Feature.py (BBN's two-branch ResNet-32, 128 features), models/Cau
 16, gamma 1/32, alpha 1.0) and utils.py (WarmupMultiStepLR), in the loop of run_networks.py: one SGD per network
 (lr 0.2, momentum 0.9, weight decay 5e-4), each with WarmupMultiStepLR([120, 160], gamma 0.01, 5 warm-up epochs)
 stepped before every epoch, batch 256 shuffled, plain cross-entropy, the feature mean d <- 0.9 d + mean_batch(x)
-after every training forward, 200 epochs. After every epoch both heads' predictions on all 10,000 test images: the
-TDE inference (alpha 1.0) and the plain causal head (alpha 0, their "De-confound"); the authors keep the last epoch
-for CIFAR ("CIFARs don't have val set, so use the latest model").
+after every training forward, 200 epochs. After every epoch (every --eval-every-th before the last lr decay) both
+heads' predictions on all 10,000 test images: the TDE inference (alpha 1.0) and the plain causal head (alpha 0, their
+"De-confound"); the authors keep the last epoch for CIFAR ("CIFARs don't have val set, so use the latest model").
 
 Only the data source (the image folders of the shared JPEG copy instead of the pickled originals, the LT subset rule
 and the pad-4 crop + flip + normalisation of benchmarks/reference_control.py, which are the ones the TDE code took
@@ -75,6 +75,10 @@ def evaluate(backbone, classifier, embed: np.ndarray, test, test_labels: np.ndar
     return result
 
 
+def best(history: list) -> float:
+    return max(x for x in history if x is not None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ref-repo", type=Path, required=True,
@@ -83,6 +87,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=200, help="milestones stay at 60%% / 80%% (120 / 160 of 200)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--eval-every", type=int, default=1,
+                        help="test every K-th epoch before the last lr decay (every epoch after it, where the last and "
+                             "the best epochs lie)")
     parser.add_argument("--out", type=Path, default=Path("tde_control.json"))
     args = parser.parse_args()
     needed = ["models/ResNet32Feature.py", "models/CausalNormClassifier.py", "utils.py"]
@@ -90,6 +97,8 @@ def main() -> None:
     if missing:
         sys.exit(f"{args.ref_repo} is not the classification folder of a KaihuaTang/Long-Tailed-Recognition.pytorch "
                  f"checkout (missing {', '.join(missing)})")
+    if args.eval_every < 1:
+        sys.exit(f"--eval-every must be >= 1, got {args.eval_every}")
     if args.epochs < 10:
         sys.exit(f"--epochs must be >= 10 (5 warm-up epochs, then the two decays), got {args.epochs}")
     ref = load_reference(args.ref_repo)
@@ -136,10 +145,13 @@ def main() -> None:
             loss.backward()
             for optimizer in optimizers.values():
                 optimizer.step()
-        results = evaluate(backbone, classifier, state["embed"], test, test_labels)
-        for name, (accuracy, per_class) in results.items():
-            state["history"][name].append(accuracy)
-            state[f"per_class_last_{name}"] = per_class
+        tested = (epoch + 1) % args.eval_every == 0 or epoch >= milestones[-1]
+        results = evaluate(backbone, classifier, state["embed"], test, test_labels) if tested else {}
+        for name in ALPHAS:
+            accuracy, per_class = results.get(name, (None, None))
+            state["history"][name].append(accuracy)  # None: not tested after this epoch
+            if tested:
+                state[f"per_class_last_{name}"] = per_class
         state["epoch"], state["wall_s"] = epoch + 1, state["wall_s"] + time.perf_counter() - start
         save_checkpoint(checkpoint, dict(networks={k: m.state_dict() for k, m in networks.items()},
                                          optimizers={k: o.state_dict() for k, o in optimizers.items()},
@@ -147,14 +159,15 @@ def main() -> None:
                                          rng=torch.get_rng_state(), state=state, fingerprint=run_id))
         lr = optimizers["feat_model"].param_groups[0]["lr"]
         print(f"epoch {epoch + 1}/{args.epochs} lr {lr:.5f} loss {loss.item():.3f} "
-              + " ".join(f"{name} {100 * results[name][0]:.2f}" for name in ALPHAS)
+              + " ".join(f"{name} {100 * results[name][0]:.2f}" for name in results)
               + f" ({state['wall_s']:.0f} s)", flush=True)
     history = state["history"]
     result = dict(command=" ".join([Path(sys.executable).name] + sys.argv), reference_commit=ref_commit,
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   machine=f"{platform.platform()} | {os.cpu_count()} CPUs", torch=torch.__version__,
                   epochs=args.epochs, seed=args.seed, wall_s=round(state["wall_s"]),
-                  **{name: dict(last=h[-1], best=max(h), best_epoch=int(np.argmax(h)) + 1,
+                  eval_every=args.eval_every,
+                  **{name: dict(last=h[-1], best=best(h), best_epoch=h.index(best(h)) + 1,
                                 per_class_last=state[f"per_class_last_{name}"], history=h)
                      for name, h in history.items()})
     write_json(args.out, result)
