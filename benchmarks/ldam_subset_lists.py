@@ -20,25 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from reference_control import CLASSES, long_tailed
-
-
-def listing(root: Path, split: str) -> tuple[list[str], np.ndarray]:
-    """(paths relative to root, labels), class by class in CLASSES order, files sorted: imagefolder's order."""
-    paths, labels = [], []
-    for label, name in enumerate(CLASSES):
-        files = sorted(p.name for p in (root / split / name).glob("*.jpg"))
-        paths += [f"{split}/{name}/{f}" for f in files]
-        labels += [label] * len(files)
-    if not paths:
-        raise SystemExit(f"no images under {root / split}/<class>/*.jpg")
-    return paths, np.asarray(labels)
+from ltpipe.io import write_text
+from reference_control import list_split, long_tailed
 
 
 def write_list(path: Path, paths: list[str], labels: np.ndarray) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(f"{p} {int(y)}\n" for p, y in zip(paths, labels)))
-    tmp.replace(path)
+    write_text(path, "".join(f"{p} {int(y)}\n" for p, y in zip(paths, labels)))
 
 
 def main() -> None:
@@ -47,10 +34,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    paths, labels = listing(args.root, "train")
+    paths, labels = list_split(args.root, "train")
     keep, kept_labels, counts = long_tailed(np.arange(len(paths)), labels)
     write_list(args.out / "train_lt.txt", [paths[i] for i in keep], kept_labels)
-    write_list(args.out / "test.txt", *listing(args.root, "test"))
+    write_list(args.out / "test.txt", *list_split(args.root, "test"))
     print(f"train_lt.txt: {len(keep)} images, counts {counts}; test.txt written to {args.out}")
 
 

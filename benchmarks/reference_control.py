@@ -44,15 +44,22 @@ from ltpipe.train.checkpoint import fingerprint, load_checkpoint, save_checkpoin
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-def load_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    images, labels = [], []
+def list_split(root: Path, split: str) -> tuple[list[str], np.ndarray]:
+    """(image paths relative to root, labels), class by class in CLASSES order, files sorted: the order of the
+    reference loaders and of ltpipe's imagefolder source."""
+    paths, labels = [], []
     for label, name in enumerate(CLASSES):
-        for path in sorted((root / split / name).glob("*.jpg")):
-            images.append(np.asarray(Image.open(path).convert("RGB")))
-            labels.append(label)
-    if not images:
+        files = sorted(p.name for p in (root / split / name).glob("*.jpg"))
+        paths += [f"{split}/{name}/{f}" for f in files]
+        labels += [label] * len(files)
+    if not paths:
         sys.exit(f"no images under {root / split}/<class>/*.jpg")
-    return np.stack(images), np.array(labels)
+    return paths, np.array(labels)
+
+
+def load_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    paths, labels = list_split(root, split)
+    return np.stack([np.asarray(Image.open(root / p).convert("RGB")) for p in paths]), labels
 
 
 def long_tailed(images: np.ndarray, labels: np.ndarray, imb_factor: float = 0.01, seed: int = 0):
