@@ -2,7 +2,8 @@
 
 Decided once per stage (`Runtime.from_params`) and passed down; no other module looks at devices or ranks itself.
 Processes are started by torchrun (`launch_distributed`); rank r of world size W takes its contiguous share of every
-*global* batch (`Runtime.shard`), so the global batch, and with SyncBatchNorm the result, do not depend on W.
+*global* batch (`Runtime.shard`) and computes the loss of the whole global batch (`Runtime.global_batch`), so the
+global batch, the loss, and with SyncBatchNorm the result, do not depend on W.
 """
 from __future__ import annotations
 
@@ -130,6 +131,31 @@ class Runtime:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
         return torch.compile(model) if self.compile else model
+
+    def global_batch(self, *shares: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The whole global batch of each of this rank's `shares` (ranks' shares concatenated in rank order, as
+        `shard` split them). Only this rank's rows stay in the autograd graph; the others are copies.
+
+        A loss computed on it is the single-process loss, whatever the world size, also for losses that are not a
+        mean over samples (class-weight normalisation, LADE's and GML's per-class batch terms). Rank r's backward
+        gives dL/dz_r; DDP averages the ranks' gradients, so the loss to backpropagate is W * L.
+        """
+        if self.world_size == 1:
+            return shares
+        sizes = [torch.zeros(1, dtype=torch.long, device=self.device) for _ in range(self.world_size)]
+        torch.distributed.all_gather(sizes, torch.tensor([len(shares[0])], device=self.device))
+        sizes = [int(n) for n in sizes]
+        out = []
+        for share in shares:
+            # all_gather needs equal shapes: shares differ by up to one row, so pad to the largest and cut back.
+            padded = share.detach().new_zeros((max(sizes),) + share.shape[1:])
+            padded[:len(share)] = share.detach()
+            parts = [torch.empty_like(padded) for _ in sizes]
+            torch.distributed.all_gather(parts, padded)
+            parts = [part[:n] for part, n in zip(parts, sizes)]
+            parts[self.rank] = share
+            out.append(torch.cat(parts))
+        return tuple(out)
 
     def all_sum(self, value: torch.Tensor) -> torch.Tensor:
         if self.distributed:

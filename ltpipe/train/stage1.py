@@ -201,12 +201,10 @@ def _train_one_epoch(model, loader, sampler, mixer, loss_fn, optimizer, schedule
         with runtime.autocast():
             logits, features = model(x, return_features=True)
         logits = logits.float()
-        batch_loss = loss_fn(logits, y_a, features.float() if loss_fn.needs_features else None, y_b, lam)
-        # DDP averages gradients over ranks: weight each rank's mean by its share of the global batch, so the average
-        # is the global mean even when shares differ by one sample (exact for unweighted losses; a weighted loss is
-        # normalised by each rank's own weight sum).
-        global_n = runtime.all_sum(torch.tensor(float(len(y)), device=runtime.device))
-        loss = batch_loss * (len(y) * runtime.world_size / global_n)
+        batch = (logits, y_a, y_b, lam) + ((features.float(),) if loss_fn.needs_features else ())
+        all_logits, all_y_a, all_y_b, all_lam, *all_features = runtime.global_batch(*batch)
+        batch_loss = loss_fn(all_logits, all_y_a, all_features[0] if all_features else None, all_y_b, all_lam)
+        loss = batch_loss * runtime.world_size  # DDP averages the ranks' gradients of the same global loss
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
