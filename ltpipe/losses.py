@@ -357,12 +357,16 @@ class LADELoss(LogitAdjustedLoss):
 
 class GMLLoss(LTLoss):
     """Du & Wu, "No One Left Behind: Improving the Worst Categories in Long-Tailed Learning" (CVPR 2023,
-    arXiv 2303.03630): L = -(1/K) sum_c log( mean_{i: y_i=c} p~_ic ), p~ = softmax(z + log n), over the K classes
-    in the batch (the log of the geometric mean of the per-class mean probabilities, a smooth per-class recall).
+    arXiv 2303.03630): L = -(1/K) sum_c log( mean_{i: y_i=c} p~_ic ), p~ = softmax(z + log n) clamped to [1e-5, 1],
+    over the K classes in the batch (the log of the geometric mean of the per-class mean probabilities).
 
+    The paper has no code release; this follows its authors' group's implementation (yuhao318/BTM methods.py,
+    ReweightedGMLLogAfterMean with p = 1), whose clamp also stops the gradient of samples with p~ < 1e-5.
     The batch term is split over samples: a sample of class c carries N / (K n_c) times its class's term, so the
     batch mean is exactly L.
     """
+
+    min_probability = 1e-5
 
     def __init__(self, class_counts: Sequence[int]):
         super().__init__(class_counts)
@@ -370,41 +374,53 @@ class GMLLoss(LTLoss):
 
     def per_sample(self, logits, target, features):
         n, c = logits.shape
-        # log p~_{i, y_i}; log pi and log n differ by a constant that the softmax ignores
-        log_p = -F.cross_entropy(logits + self.log_prior.to(logits), target, reduction="none")
+        # p~_{i, y_i}; log pi and log n differ by a constant that the softmax ignores
+        p = torch.softmax(logits + self.log_prior.to(logits), dim=1).gather(1, target[:, None]).squeeze(1)
+        p = p.clamp(self.min_probability, 1.0)
         class_sizes = torch.bincount(target, minlength=c)
         batch_counts = class_sizes[target].to(logits.dtype)
-        # per-class log-mean-exp, shifted by each class's (constant) maximum for stability
-        peak = torch.full((c,), -math.inf, dtype=logits.dtype, device=logits.device)
-        peak = peak.scatter_reduce(0, target, log_p.detach(), reduce="amax")[target]
-        sums = torch.zeros(c, dtype=logits.dtype, device=logits.device).index_add(0, target, (log_p - peak).exp())
-        log_mean = peak + sums[target].log() - batch_counts.log()
+        class_means = torch.zeros(c, dtype=logits.dtype, device=logits.device).index_add(0, target, p)[target]
         classes_in_batch = (class_sizes > 0).sum()
-        return -log_mean * (n / (classes_in_batch * batch_counts))
+        return -(class_means / batch_counts).log() * (n / (classes_in_batch * batch_counts))
 
 
 class FeatureBalancedLoss(LTLoss):
     """Li et al., "Feature-Balanced Loss for Long-Tailed Visual Recognition" (ICME 2022):
-    l = CE(z - lam * t * a / ||f||, y), a_j = (log n_max - log n_j) / (log n_max - log n_min), t = (epoch / T)^2.
+    l = CE(z - lam * t * a / ||f||, y), a_j = (log n_max - log n_j) / (log n_max - log n_min),
+    t = (epoch / (T - full_before_end))^2.
 
-    The class term grows with the parabolic curriculum t (at epoch 0 the loss is CE); `curriculum=False` keeps t = 1.
+    The class term grows with the parabolic curriculum t (at epoch 0 the loss is CE): as in the authors' train.py
+    (`curr = (epoch / (args.epochs - 10)) ** 2`, 0-based epochs) it reaches 1 `full_before_end` epochs before the
+    end and keeps growing past 1 after that. `curriculum=False` keeps t = 1.
     """
 
     needs_features = True
 
-    def __init__(self, class_counts: Sequence[int], *, lam: float = 60.0, curriculum: bool = True):
+    def __init__(self, class_counts: Sequence[int], *, lam: float = 60.0, curriculum: bool = True,
+                 full_before_end: int = 10):
         super().__init__(class_counts)
         self.lam = check_real("feabal: lam", lam, low=0.0)
         if not isinstance(curriculum, bool):
             raise ConfigError(f"feabal: curriculum must be true or false, got {curriculum!r}")
-        self.curriculum = curriculum
+        if isinstance(full_before_end, bool) or not isinstance(full_before_end, numbers.Integral) \
+                or full_before_end < 0:
+            raise ConfigError(f"feabal: full_before_end must be an integer >= 0, got {full_before_end!r}")
+        self.curriculum, self.full_before_end = curriculum, int(full_before_end)
         self.register_buffer("strengths", feature_balance_strengths(self.counts.tolist()).float(), persistent=False)
+
+    def set_epoch(self, epoch: int, total_epochs: int) -> None:
+        super().set_epoch(epoch, total_epochs)
+        if self.curriculum and self.full_before_end >= total_epochs:
+            raise ConfigError(f"feabal: full_before_end={self.full_before_end} leaves no epoch for the curriculum in "
+                              f"{total_epochs} epochs; choose full_before_end in [0, {total_epochs - 1}]")
 
     def stimulus(self) -> float:
         """lam * t for the current epoch."""
         if not self.curriculum:
             return self.lam
-        return self.lam * (self.epoch / self.total_epochs) ** 2 if self.total_epochs else 0.0
+        if not self.total_epochs:
+            return 0.0
+        return self.lam * (self.epoch / (self.total_epochs - self.full_before_end)) ** 2
 
     def adjust(self, logits, target, features):
         norm = features.to(logits).norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -530,10 +546,12 @@ def gml(class_counts: Sequence[int]) -> LTLoss:
 
 
 @LOSSES.register("feabal")
-def feabal(class_counts: Sequence[int], *, lam: NonNegFloat = 60.0, curriculum: Bool = True) -> LTLoss:
+def feabal(class_counts: Sequence[int], *, lam: NonNegFloat = 60.0, curriculum: Bool = True,
+           full_before_end: NonNegInt = 10) -> LTLoss:
     """Li et al., "Feature-Balanced Loss for Long-Tailed Visual Recognition" (ICME 2022):
-    l = CE(z - lam (epoch/T)^2 a / ||f||, y), a_j = (log n_max - log n_j) / (log n_max - log n_min)."""
-    return FeatureBalancedLoss(class_counts, lam=lam, curriculum=curriculum)
+    l = CE(z - lam (epoch/(T - full_before_end))^2 a / ||f||, y), a_j = (log n_max - log n_j) / (log n_max - log n_min).
+    """
+    return FeatureBalancedLoss(class_counts, lam=lam, curriculum=curriculum, full_before_end=full_before_end)
 
 
 @LOSSES.register("las")

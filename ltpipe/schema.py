@@ -327,11 +327,16 @@ def params_model() -> type[BaseModel]:
             return self
 
         @model_validator(mode="after")
-        def _drw_within_training(self):
-            drw = kwargs_of(self.losses, self.loss).get("drw_epoch")
+        def _loss_epochs_within_training(self):
+            kwargs = self.loss_kwargs()
+            drw = kwargs.get("drw_epoch")
             if drw is not None and drw >= self.train.epochs:
                 raise relation_error(f"losses.{self.loss}.drw_epoch", drw,
                                      f"must be < train.epochs ({self.train.epochs}) or null")
+            full = kwargs.get("full_before_end")
+            if full is not None and kwargs.get("curriculum", True) and full >= self.train.epochs:
+                raise relation_error(f"losses.{self.loss}.full_before_end", full,
+                                     f"must be < train.epochs ({self.train.epochs}): the curriculum needs an epoch")
             return self
 
         def loss_kwargs(self) -> Dict[str, Any]:

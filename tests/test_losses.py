@@ -79,6 +79,75 @@ def reference_cb_softmax(labels, logits, samples_per_cls, beta):
     return F.binary_cross_entropy(logits.softmax(dim=1), one_hot, weight=weights)
 
 
+def reference_balanced_softmax(labels, logits, sample_per_class):
+    """jiawei-ren/BalancedMetaSoftmax-Classification loss/BalancedSoftmaxLoss.py balanced_softmax_loss."""
+    spc = sample_per_class.type_as(logits).unsqueeze(0).expand(logits.shape[0], -1)
+    return F.cross_entropy(input=logits + spc.log(), target=labels, reduction="mean")
+
+
+def reference_lade(y_pred, target, counts, alpha, remine_lambda):
+    """hyperconnect/LADE: run_networks.py's total PriorCELoss + alpha * LADELoss (loss/PriorCELoss.py,
+    loss/LADELoss.py forward), on the CPU."""
+    num_classes = len(counts)
+    img_num_per_cls = torch.Tensor(counts).float()
+    prior = img_num_per_cls / img_num_per_cls.sum()
+    prior_ce = F.cross_entropy(y_pred + torch.log(prior + 1e-9), target)
+    balanced_prior = torch.tensor(1. / num_classes).float()
+    cls_weight = img_num_per_cls.float() / torch.sum(img_num_per_cls.float())
+    per_cls_pred_spread = y_pred.T * (target == torch.arange(0, num_classes).view(-1, 1).type_as(target))
+    pred_spread = (y_pred - torch.log(prior + 1e-9) + torch.log(balanced_prior + 1e-9)).T
+    num_samples_per_cls = torch.sum(target == torch.arange(0, num_classes).view(-1, 1).type_as(target), -1).float()
+    first_term = torch.sum(per_cls_pred_spread, -1) / (num_samples_per_cls + 1e-8)
+    second_term = torch.logsumexp(pred_spread, -1) - np.log(pred_spread.size(-1))
+    estim_loss = first_term - second_term - second_term ** 2 * remine_lambda
+    return prior_ce + alpha * -torch.sum(estim_loss * cls_weight)
+
+
+def reference_gml(output, target, num_class_list):
+    """yuhao318/BTM methods.py ReweightedGMLLogAfterMean.forward with p = 1 (the GML authors' group's code)."""
+    weight = torch.tensor(num_class_list, dtype=output.dtype)
+    max_logit = torch.max(output, dim=1, keepdim=True)[0].detach()
+    exp_logits = torch.exp(output - max_logit) * weight.view(1, -1)
+    prob = torch.clamp(exp_logits / exp_logits.sum(1, keepdim=True), min=1e-5, max=1.)
+    n, c = prob.size()
+    ground = torch.gather(prob, 1, target.view(-1, 1)).repeat((1, c))
+    mask = torch.zeros((n, c), dtype=torch.int64)
+    mask[range(n), target] = 1
+    per_class = mask.sum(0)
+    exist = per_class != 0
+    per_class[per_class == 0] = 1
+    mean_prob = torch.sum(ground * mask, dim=0) / per_class
+    return (-torch.log(mean_prob[exist])).sum() / exist.sum()
+
+
+def reference_feabal(feat, out, labels, cls_num_list, lambda_, curr):
+    """juyongjiang/FBL loss.py FeaBalLoss (weight None) with train.py's curr = (epoch / (epochs - 10)) ** 2."""
+    lam_list = torch.log(torch.tensor(cls_num_list, dtype=torch.float32))
+    lam_list = lam_list.max() - lam_list
+    lam_list = lam_list * (1 / lam_list.max())
+    feat_norm = torch.norm(feat, dim=1).unsqueeze(1).repeat([1, len(lam_list)])
+    logit = out - curr * lambda_ * lam_list / (feat_norm + 1e-12)
+    return F.cross_entropy(logit, labels)
+
+
+def reference_las(x, target, cls_num_list, smooth_head, smooth_tail, shape="concave", power=None):
+    """dvlab-research/MiSLAS methods.py LabelAwareSmoothing (__init__ and forward), on the CPU."""
+    n_1, n_K = max(cls_num_list), min(cls_num_list)
+    if shape == "concave":
+        smooth = smooth_tail + (smooth_head - smooth_tail) * np.sin((np.array(cls_num_list) - n_K) * np.pi / (2 * (n_1 - n_K)))
+    elif shape == "linear":
+        smooth = smooth_tail + (smooth_head - smooth_tail) * (np.array(cls_num_list) - n_K) / (n_1 - n_K)
+    elif shape == "convex":
+        smooth = smooth_head + (smooth_head - smooth_tail) * np.sin(1.5 * np.pi + (np.array(cls_num_list) - n_K) * np.pi / (2 * (n_1 - n_K)))
+    elif shape == "exp" and power is not None:
+        smooth = smooth_tail + (smooth_head - smooth_tail) * np.power((np.array(cls_num_list) - n_K) / (n_1 - n_K), power)
+    smoothing = torch.from_numpy(smooth).float()[target]
+    logprobs = F.log_softmax(x, dim=-1)
+    nll_loss = -logprobs.gather(dim=-1, index=target.unsqueeze(1)).squeeze(1)
+    smooth_loss = -logprobs.mean(dim=-1)
+    return ((1. - smoothing) * nll_loss + smoothing * smooth_loss).mean()
+
+
 def mixup_criterion(criterion, pred, y_a, y_b, lam):
     """MiSLAS methods.py (and every mixup repo): the loss of a mixed batch for a scalar lam."""
     return lam * criterion(pred, y_a) + (1 - lam) * criterion(pred, y_b)
@@ -93,7 +162,7 @@ def log_pi():
 @pytest.mark.parametrize("name", LOSSES.names("multiclass"))
 def test_smoke_default_params(name):
     loss_fn = build_loss(name, COUNTS)
-    loss_fn.set_epoch(3, 4)  # past any curriculum start, so every term is active
+    loss_fn.set_epoch(35, 40)  # past any curriculum start, so every term is active
     logits, target, features = make_batch()
     logits.requires_grad_(True)
     features.requires_grad_(True)
@@ -290,60 +359,97 @@ def test_las_smoothing_and_loss_match_formula(shape, g):
     torch.testing.assert_close(got, expected.mean())
 
 
+@pytest.mark.parametrize("shape", ["concave", "linear", "convex", "exp"])
+@pytest.mark.parametrize("head,tail", [(0.3, 0.0), (0.4, 0.1)])  # MiSLAS's CIFAR-10 and CIFAR-100 configs
+def test_las_matches_the_authors_loss(shape, head, tail):
+    for logits, target in reference_batches():
+        assert_value_and_gradient_match(
+            build_loss("las", FULL, eps_head=head, eps_tail=tail, shape=shape, power=3.0),
+            lambda z, y: reference_las(z, y, FULL, head, tail, shape, 3.0), logits, target)
+
+
 def test_lade_alpha0_is_balanced_softmax():
     logits, target, _ = make_batch()
     got = build_loss("lade", COUNTS, alpha=0.0)(logits, target)
     torch.testing.assert_close(got, build_loss("balanced_softmax", COUNTS)(logits, target))
 
 
-def test_lade_mean_is_pc_softmax_plus_lader():
-    logits, target, _ = make_batch(seed=3)
-    alpha, lam = 0.3, 0.2
-    prior = torch.tensor(COUNTS, dtype=torch.float64) / sum(COUNTS)
-    z = logits.double()
-    lader = 0.0
-    for c in range(C):
-        members = z[target == c, c]
-        first = members.mean() if len(members) else torch.tensor(0.0, dtype=torch.float64)
-        shifted = z[:, c] - torch.log(prior[c].clamp_min(1e-12)) + math.log(1 / C)
-        second = torch.log(torch.exp(shifted).mean())
-        lader = lader - prior[c] * (first - second - lam * second ** 2)
-    expected = ce(logits + log_pi(), target).double().mean() + alpha * lader
-    got = build_loss("lade", COUNTS, alpha=alpha, remine_lambda=lam)(logits, target)
-    assert math.isclose(float(got.double().mean()), float(expected), rel_tol=1e-5)
+def reference_batches():
+    """(logits, target) on FULL's classes: absent classes, three classes, one class only, one sample."""
+    g = torch.Generator().manual_seed(11)
+    p = torch.tensor(FULL, dtype=torch.float64)
+    yield 1.5 * torch.randn(64, C, generator=g), torch.multinomial(p, 64, True, generator=g)
+    yield 1.5 * torch.randn(16, C, generator=g), torch.tensor([2, 4, 6])[torch.randint(0, 3, (16,), generator=g)]
+    yield 1.5 * torch.randn(8, C, generator=g), torch.full((8,), 6)
+    yield 1.5 * torch.randn(1, C, generator=g), torch.tensor([3])
 
 
-def test_gml_one_sample_per_class_is_balanced_softmax():
-    logits, _, _ = make_batch(n=C)
-    target = torch.tensor([0, 1, 2, 3, 4, 6, 5])
-    got = build_loss("gml", COUNTS)(logits, target)
-    torch.testing.assert_close(got, build_loss("balanced_softmax", COUNTS)(logits, target))
+def assert_value_and_gradient_match(ours, reference, logits, *args):
+    z_ours, z_ref = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    got, expected = ours(z_ours, *args), reference(z_ref, *args)
+    got.backward()
+    expected.backward()
+    torch.testing.assert_close(got, expected, atol=2e-6, rtol=1e-6)
+    torch.testing.assert_close(z_ours.grad, z_ref.grad, atol=1e-6, rtol=1e-5)
 
 
-def test_gml_mean_is_log_geometric_mean_of_class_mean_probabilities():
-    logits, target, _ = make_batch(seed=5, classes=[0, 1, 3, 6])
-    counts = torch.tensor(COUNTS, dtype=torch.float64)
-    p = torch.softmax(logits.double() + counts.clamp_min(1e-12 * counts.sum()).log(), dim=1)
-    present = sorted(set(target.tolist()))
-    expected = -sum(math.log(float(p[target == c, c].mean())) for c in present) / len(present)
-    got = build_loss("gml", COUNTS)(logits, target)
-    assert math.isclose(float(got.double().mean()), expected, rel_tol=1e-5)
+def test_balanced_softmax_matches_the_authors_loss():
+    for logits, target in reference_batches():
+        assert_value_and_gradient_match(build_loss("balanced_softmax", FULL),
+                                        lambda z, y: reference_balanced_softmax(y, z, torch.tensor(FULL)),
+                                        logits, target)
 
 
-def test_feabal_follows_parabolic_curriculum():
-    logits, target, features = make_batch()
-    loss_fn = build_loss("feabal", COUNTS, lam=4.0)
-    torch.testing.assert_close(loss_fn(logits, target, features), ce(logits, target))  # epoch 0
+@pytest.mark.parametrize("alpha,lam", [(0.1, 0.1), (0.1, 0.01), (0.05, 0.5), (1.0, 0.3)])
+def test_lade_matches_the_authors_total_loss(alpha, lam):
+    for logits, target in reference_batches():
+        assert_value_and_gradient_match(build_loss("lade", FULL, alpha=alpha, remine_lambda=lam),
+                                        lambda z, y: reference_lade(z, y, FULL, alpha, lam), logits, target)
 
-    log_n = [math.log(c) for c in COUNTS if c > 0]
-    a = torch.tensor([(max(log_n) - math.log(c)) / (max(log_n) - min(log_n)) if c else 1.0 for c in COUNTS])
-    norm = features.norm(dim=1, keepdim=True)
-    loss_fn.set_epoch(5, 10)
-    expected = ce(logits - 4.0 * (5 / 10) ** 2 * a / norm, target)
-    torch.testing.assert_close(loss_fn(logits, target, features), expected)
 
-    constant = build_loss("feabal", COUNTS, lam=4.0, curriculum=False)
-    torch.testing.assert_close(constant(logits, target, features), ce(logits - 4.0 * a / norm, target))
+def test_gml_matches_the_authors_group_code():
+    for logits, target in reference_batches():
+        assert_value_and_gradient_match(build_loss("gml", FULL), lambda z, y: reference_gml(z, y, FULL),
+                                        logits, target)
+
+
+def test_gml_clamps_tiny_probabilities_as_the_reference():
+    # every class-6 sample has p~ ~ 1e-13: the clamp caps its term and stops its gradient
+    logits, target = next(reference_batches())
+    logits[:3] = 0.0
+    logits[:3, 0] = 25.0
+    target[:3] = 6
+    assert_value_and_gradient_match(build_loss("gml", FULL), lambda z, y: reference_gml(z, y, FULL), logits, target)
+
+
+@pytest.mark.parametrize("epoch,epochs", [(0, 200), (37, 200), (150, 200), (190, 200), (199, 200), (7, 12)])
+def test_feabal_matches_the_authors_loss_and_curriculum(epoch, epochs):
+    # their train.py: curr = (epoch / (epochs - 10)) ** 2, 0-based epochs, past 1 in the last 10 epochs
+    logits, target = next(reference_batches())
+    features = F.relu(torch.randn(len(target), 16, generator=torch.Generator().manual_seed(3))) * 2
+    loss_fn = build_loss("feabal", FULL, lam=60.0)
+    loss_fn.set_epoch(epoch, epochs)
+    curr = (epoch / (epochs - 10)) ** 2
+    f_ours, f_ref = features.clone().requires_grad_(True), features.clone().requires_grad_(True)
+    assert_value_and_gradient_match(lambda z, y: loss_fn(z, y, f_ours),
+                                    lambda z, y: reference_feabal(f_ref, z, y, FULL, 60.0, curr), logits, target)
+    torch.testing.assert_close(f_ours.grad, f_ref.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_feabal_without_curriculum_keeps_full_strength():
+    logits, target = next(reference_batches())
+    features = torch.rand(len(target), 16, generator=torch.Generator().manual_seed(4)) + 0.1
+    constant = build_loss("feabal", FULL, lam=4.0, curriculum=False)
+    constant.set_epoch(0, 5)
+    torch.testing.assert_close(constant(logits, target, features),
+                               reference_feabal(features, logits, target, FULL, 4.0, 1.0))
+
+
+def test_feabal_curriculum_needs_an_epoch_before_full_strength():
+    loss_fn = build_loss("feabal", FULL, full_before_end=10)
+    with pytest.raises(ConfigError, match=r"full_before_end in \[0, 9\]"):
+        loss_fn.set_epoch(0, 10)
+    build_loss("feabal", FULL, curriculum=False).set_epoch(0, 10)
 
 
 # ------------------------------------------------------------------------------------------------ mixed batches
@@ -376,7 +482,7 @@ def test_unweighted_mixed_loss_is_the_mean_of_lam_weighted_sample_losses(name):
     # without class weights the reduction is the plain batch mean, as before (LADE and GML keep their batch values)
     logits, target, features, target_b, lam = mixed_batch()
     loss_fn = build_loss(name, COUNTS)
-    loss_fn.set_epoch(2, 4)
+    loss_fn.set_epoch(20, 40)
     f = features if loss_fn.needs_features else None
     expected = (lam * loss_fn.per_sample(logits, target, f) + (1 - lam) * loss_fn.per_sample(logits, target_b, f)).mean()
     torch.testing.assert_close(loss_fn(logits, target, f, target_b, lam), expected)

@@ -155,6 +155,15 @@ def test_drw_epoch_must_fall_inside_training():
     assert error_of(params) == "losses.cb_ce.drw_epoch: 30: must be < train.epochs (30) or null"
 
 
+def test_feabal_curriculum_must_fit_in_training():
+    params = with_value("loss", "feabal")
+    params["train"]["epochs"] = 10
+    assert error_of(params) == ("losses.feabal.full_before_end: 10: must be < train.epochs (10): the curriculum "
+                                "needs an epoch")
+    params["losses"]["feabal"]["curriculum"] = False
+    assert validate_params(params).loss == "feabal"
+
+
 @pytest.mark.parametrize("text", ["train.lr", "stage2.crt.lr"])
 def test_5e_4_reads_the_same_from_pyyaml_and_from_dvc(tmp_path, text):
     """PyYAML reads `5e-4` as the string '5e-4'; DVC's -S writes the float 0.0005. Both validate to 0.0005."""
