@@ -6,6 +6,8 @@ stage-2 seed, into a separate output folder: the checkout, its DVC cache and its
 markdown table (test top-1, many / medium / few, mean ± std over the seeds) with date, machine, commit and wall times.
 
     python benchmarks/stage2_views.py --run /work/runs/mislas/repo --methods mislas crt --views 0 10 --seeds 0 1 2
+
+`--set stage2.ncm.distance=cosine` (repeatable) changes a parameter of the run's params.yaml for these runs only.
 """
 from __future__ import annotations
 
@@ -34,14 +36,26 @@ def main() -> None:
     parser.add_argument("--views", nargs="+", type=int, default=[0, 10], help="values of stage2.train_views")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="stage-2 seeds")
     parser.add_argument("--out", type=Path, default=Path("stage2_views"), help="output folder (features, heads)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a parameter, e.g. stage2.ncm.distance=cosine (YAML value)")
     args = parser.parse_args()
     stage1, prepared = args.run / "artifacts/stage1", args.run / "data/prepared"
     if not (stage1 / "model.safetensors").is_file() or not (prepared / "info.json").is_file():
         sys.exit(f"{args.run}: no artifacts/stage1/model.safetensors or data/prepared/info.json (run `dvc repro` first)")
     raw = yaml.safe_load((args.run / "params.yaml").read_text())
     raw["stage2"]["method"] = args.methods[0]  # the run's own method may not fit; each run below sets its own
+    for assignment in args.set:
+        key, sep, value = assignment.partition("=")
+        *path, leaf = key.split(".")
+        block = raw
+        for name in path:
+            block = block.get(name) if isinstance(block, dict) else None
+        if not sep or not isinstance(block, dict):  # a new leaf is allowed: the schema checks it below
+            parser.error(f"--set {assignment}: not KEY=VALUE with KEY in a block of {args.run / 'params.yaml'}")
+        block[leaf] = yaml.safe_load(value)
     validate_params(raw, str(args.run / "params.yaml"))
-    header = [*provenance(ROOT), f"stage 1: {args.run} (recipe {raw.get('recipe')}, seed {raw.get('seed')})"]
+    header = [*provenance(ROOT), f"stage 1: {args.run} (recipe {raw.get('recipe')}, seed {raw.get('seed')})"
+              + "".join(f"; {a}" for a in args.set)]
     print("\n".join(header), flush=True)
 
     rows, walls = [], []

@@ -125,14 +125,16 @@ def sqrt_sampler(labels: torch.LongTensor, num_classes: int) -> PowerSampler:
 @SAMPLERS.register("progressive")
 class ProgressiveSampler(Sampler):
     """Progressively-balanced sampling (Kang et al., "Decoupling Representation and Classifier for Long-Tailed
-    Recognition", ICLR 2020): p_j(t) = (1 - t/T) * n_j / N + (t/T) * 1/C, with t = epoch, T = total_epochs.
+    Recognition", ICLR 2020): p_j(t) = (1 - t) * n_j / N + t * 1/C, t = epoch / (T - 1) for 0-based epochs.
 
-    The 1/C term is the class-balanced distribution, so classes absent from `labels` stay at 0.
+    As the authors' ClassPrioritySampler (lams = np.linspace(0, 1, epochs)): the first epoch samples instances, the
+    last one is class-balanced (t = 0 when T = 1). The 1/C term is the class-balanced distribution, so classes absent
+    from `labels` stay at 0.
     """
 
     def class_probabilities(self, epoch: int, total_epochs: int) -> torch.Tensor:
         _check_epoch(epoch, total_epochs)
-        t = epoch / total_epochs
+        t = min(epoch, total_epochs - 1) / (total_epochs - 1) if total_epochs > 1 else 0.0
         return (1 - t) * _power_probabilities(self.counts, 1.0) + t * _power_probabilities(self.counts, 0.0)
 
 

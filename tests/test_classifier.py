@@ -171,19 +171,61 @@ def test_lws_learns_only_the_scale(data):
 # ---------------------------------------------------------------- NCM
 
 
-def test_ncm_weights_are_normalised_class_means_and_separate_clusters():
+def reference_cl2n_centroids(feats, labels):
+    """classifier-balancing run_networks.py (centroids_cal with feat_type cl2n): the train mean and the class means
+    of the centred, L2-normalised features."""
+    featmean = feats.mean(0)
+    z = feats - featmean
+    z = z / torch.norm(z, 2, 1, keepdim=True)
+    return featmean, torch.stack([z[labels == i].mean(0) for i in torch.unique(labels)])
+
+
+def reference_knn_logits(x, featmean, centroids, dist_type):
+    """classifier-balancing models/KNNClassifier.py forward (feat_type cl2n): l2 = minus the squared distance."""
+    x = x - featmean
+    x = x / torch.norm(x, 2, 1, keepdim=True)
+    AB = x @ centroids.t()
+    if dist_type == "l2":
+        return -((x ** 2).sum(1, keepdim=True) + (centroids ** 2).sum(1, keepdim=True).t() - 2 * AB)
+    return AB / x.size(1)
+
+
+def test_ncm_is_the_authors_l2_nearest_class_mean():
     data = make_data()
-    head, _ = fit_stage2("ncm", data)
-    x, y = data.train_features, data.train_labels
-    mu = x.mean(0)
-    z = (x - mu) / (x - mu).norm(dim=1, keepdim=True)
-    means = torch.stack([z[y == c].mean(0) for c in range(C)])
-    torch.testing.assert_close(head.weight.detach(), means / means.norm(dim=1, keepdim=True))
-    torch.testing.assert_close(head.center, mu)
-    assert head.bias is None
-    zv = (data.val_features - mu) / (data.val_features - mu).norm(dim=1, keepdim=True)
-    torch.testing.assert_close(head(data.val_features), zv @ head.weight.detach().T)
+    head, info = fit_stage2("ncm", data)
+    mean, centroids = reference_cl2n_centroids(data.train_features, data.train_labels)
+    torch.testing.assert_close(head.center, mean)
+    expected = reference_knn_logits(data.val_features, mean, centroids, "l2")
+    torch.testing.assert_close(head(data.val_features), expected, rtol=1e-5, atol=1e-5)
+    assert info["probabilistic"] is False
     assert torch.equal(head(data.val_features).argmax(1), data.val_labels)
+
+
+def test_ncm_cosine_scores_renormalised_class_means():
+    data = make_data()
+    head, _ = fit_stage2("ncm", data, distance="cosine")
+    mean, centroids = reference_cl2n_centroids(data.train_features, data.train_labels)
+    x = data.val_features
+    # the reference's cos option divides by D instead of normalising the means: the same score per class up to |m_c|
+    cosine = reference_knn_logits(x, mean, centroids, "cos") * x.shape[1] / centroids.norm(dim=1)
+    torch.testing.assert_close(head(x), cosine, rtol=1e-5, atol=1e-5)
+    assert head.bias is None
+
+
+def test_ncm_l2_and_cosine_differ_when_class_spreads_differ():
+    # a tight class has a long mean: l2 favours it, cosine does not
+    g = torch.Generator().manual_seed(0)
+    directions = F.normalize(torch.randn(2, D, generator=g), dim=1)
+    spread = torch.tensor([2.0, 0.2])
+    y = torch.arange(2).repeat_interleave(200)
+    x = 5 * directions[y] + spread[y, None] * torch.randn(400, D, generator=g)
+    mean, centroids = reference_cl2n_centroids(x, y)
+    data = Stage2Data(train_features=x, train_labels=y, val_features=x, val_labels=y, class_counts=[200, 200],
+                      base_head=LinearHead(D, 2), seed=0)
+    l2, _ = fit_stage2("ncm", data)
+    cosine, _ = fit_stage2("ncm", data, distance="cosine")
+    assert not torch.equal(l2(x).argmax(1), cosine(x).argmax(1))
+    torch.testing.assert_close(l2(x), reference_knn_logits(x, mean, centroids, "l2"), rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------- cRT

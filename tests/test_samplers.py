@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -110,12 +111,29 @@ def test_power_limits_and_sqrt(labels):
     assert torch.allclose(probs("power", q=0.3), cube / cube.sum())
 
 
-def test_progressive_interpolates(labels):
-    sampler = build_sampler("progressive", labels, C)
-    assert torch.allclose(sampler.class_probabilities(0, T), instance_reference())
-    assert torch.allclose(sampler.class_probabilities(T, T), balanced_reference())
-    t = 3 / T
-    assert torch.allclose(sampler.class_probabilities(3, T), (1 - t) * instance_reference() + t * balanced_reference())
+def reference_progressive_class_weights(cnts, epochs):
+    """classifier-balancing data/ClassPrioritySampler.py (feat_shift.yaml: lam null, cycle 0, manual_only): per
+    0-based epoch e, get_manual_weights(lams[e]) over the classes, lams = np.linspace(0, 1, epochs)."""
+    cnts = np.asarray(cnts, dtype=np.float64)
+    num_samples = cnts.sum()
+    balanced_weights = np.ones(len(cnts))
+    balanced_weights *= num_samples / balanced_weights.sum() * 1.0
+    uniform_weights = cnts.copy()
+    lams = np.linspace(0, 1, epochs)
+    return [balanced_weights * lam + (1 - lam) * uniform_weights for lam in lams]
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 10, 90])
+def test_progressive_follows_the_authors_schedule(epochs):
+    # instance sampling in the first epoch, class-balanced in the last
+    counts = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    labels = torch.arange(10).repeat_interleave(torch.tensor(counts))
+    sampler = build_sampler("progressive", labels, 10)
+    for epoch, weights in enumerate(reference_progressive_class_weights(counts, epochs)):
+        expected = torch.from_numpy(weights / weights.sum())
+        torch.testing.assert_close(sampler.class_probabilities(epoch, epochs), expected, rtol=1e-12, atol=1e-12)
+    if epochs > 1:
+        assert torch.allclose(sampler.class_probabilities(epochs - 1, epochs), torch.full((10,), 0.1, dtype=torch.float64))
 
 
 def test_reversed_inverse_frequency(labels):
