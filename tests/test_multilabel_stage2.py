@@ -137,11 +137,14 @@ def test_lws_learns_only_scales_and_keeps_map(data):
 
 
 def test_ncm_means_over_every_image_holding_the_class(data):
-    head, _ = fit_multilabel_stage2("ncm", data)
     x, y = data.train_features, data.train_labels
     z = torch.nn.functional.normalize(x - x.mean(0), dim=1)
     means = torch.stack([z[y[:, c]].mean(0) for c in range(C)])
-    torch.testing.assert_close(head.weight.detach(), torch.nn.functional.normalize(means, dim=1))
+    l2, _ = fit_multilabel_stage2("ncm", data)
+    zv = torch.nn.functional.normalize(data.val_features - x.mean(0), dim=1)
+    torch.testing.assert_close(l2(data.val_features), -torch.cdist(zv, means).square(), rtol=1e-5, atol=1e-5)
+    cosine, _ = fit_multilabel_stage2("ncm", data, distance="cosine")
+    torch.testing.assert_close(cosine.weight.detach(), torch.nn.functional.normalize(means, dim=1))
 
 
 def test_one_label_per_image_is_the_same_as_its_one_hot_targets():
