@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import yaml
+from omegaconf import OmegaConf
 
 from cifar10_lt import DETERMINISTIC, provenance, summary
 from ltpipe.evaluate import evaluate
@@ -44,15 +45,8 @@ def main() -> None:
         sys.exit(f"{args.run}: no artifacts/stage1/model.safetensors or data/prepared/info.json (run `dvc repro` first)")
     raw = yaml.safe_load((args.run / "params.yaml").read_text())
     raw["stage2"]["method"] = args.methods[0]  # the run's own method may not fit; each run below sets its own
-    for assignment in args.set:
-        key, sep, value = assignment.partition("=")
-        *path, leaf = key.split(".")
-        block = raw
-        for name in path:
-            block = block.get(name) if isinstance(block, dict) else None
-        if not sep or not isinstance(block, dict):  # a new leaf is allowed: the schema checks it below
-            parser.error(f"--set {assignment}: not KEY=VALUE with KEY in a block of {args.run / 'params.yaml'}")
-        block[leaf] = yaml.safe_load(value)
+    if args.set:  # OmegaConf's dotlist, as Hydra reads `-S` overrides; the schema checks the result
+        raw = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(raw), OmegaConf.from_dotlist(args.set)))
     validate_params(raw, str(args.run / "params.yaml"))
     header = [*provenance(ROOT), f"stage 1: {args.run} (recipe {raw.get('recipe')}, seed {raw.get('seed')})"
               + "".join(f"; {a}" for a in args.set)]

@@ -1,7 +1,6 @@
 """Stage-2 methods on tiny synthetic features: each checked against its formula or a known equivalence."""
 import copy
 import importlib
-import inspect
 import json
 import math
 
@@ -9,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
 from ltpipe.classifier import STAGE2, Stage2Data, fit_stage2
 from ltpipe.classifier.base import plain_copy
@@ -22,7 +20,6 @@ from ltpipe.errors import ConfigError
 from ltpipe.losses import build_loss
 from ltpipe.samplers import ClassAwareSampler, build_sampler
 from ltpipe.stage2 import weight_norms
-from conftest import ROOT
 
 COUNTS = [100, 50, 30, 20]
 C, D, VAL_PER_CLASS = len(COUNTS), 8, 10
