@@ -45,6 +45,8 @@ class Task:
     selection_metric: str = ""
     # The per-epoch validation metric of stage 1 that `train.select: best_val` maximises (a key of VALIDATION_METRICS).
     epoch_metric: str = ""
+    # What stage 1 logs on the validation split every epoch (keys of VALIDATION_METRICS, epoch_metric among them).
+    val_metrics: tuple = ()
 
     def check(self, labels: Any, num_classes: int, what: str = "labels") -> torch.Tensor:
         """`labels` as this task's tensor (int64 (N,) or bool (N, C)); ConfigError if they are not of its format."""
@@ -92,8 +94,11 @@ class MultiClass(Task):
 
     name = "multiclass"
     label_column = "label"
-    selection_metric = "acc"
-    epoch_metric = "acc"
+    # Mean per-class recall: what long-tailed evaluation reports (classifier-balancing's tau_norm.py scores each tau
+    # by it); on a class-balanced val split it is top-1 accuracy, on an imbalanced one the head cannot outvote the tail.
+    selection_metric = "balanced_acc"
+    epoch_metric = "balanced_acc"
+    val_metrics = ("acc", "balanced_acc", "map")
 
     def check(self, labels, num_classes, what="labels"):
         labels = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
@@ -146,6 +151,7 @@ class MultiLabel(Task):
     # change it: a choice among such heads is made on micro F1 (one threshold shared by all classes) instead.
     selection_metric = "micro_f1"
     epoch_metric = "map"
+    val_metrics = ("acc", "map")
 
     def check(self, labels, num_classes, what="labels"):
         labels = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)

@@ -119,15 +119,48 @@ def test_tau_none_picks_the_validation_argmax(data):
             .double().mean().item() for t in grid]
     best = accs.index(max(accs))
     assert info["tau_grid"] == pytest.approx(list(grid))
-    assert info["val_acc"] == pytest.approx(accs)
+    assert info["val_balanced_acc"] == pytest.approx(accs)  # a balanced val split: mean recall = top-1
     assert info["tau"] == pytest.approx(grid[best])
     torch.testing.assert_close(head.weight.detach(), w / w.norm(dim=1, keepdim=True) ** grid[best])
+
+
+def reference_tau_norm_scores(weight, features, labels):
+    """classifier-balancing's tau_norm.py (facebookresearch/classifier-balancing), its loop over
+    np.linspace(0, 2, 21) written out: pnorm, dot product, argmax, then preds2accs's score, the mean of shot_acc's
+    per-class accuracies over the classes in the evaluated labels."""
+    labels = labels.numpy()
+    scores = []
+    for p in np.linspace(0, 2, 21):
+        norm = torch.norm(weight, 2, 1)
+        ws = weight.clone()
+        for i in range(weight.size(0)):
+            ws[i] = ws[i] / torch.pow(norm[i], p)
+        preds = torch.mm(features, ws.t()).max(dim=1)[1].numpy()
+        scores.append(np.mean([(preds[labels == c] == c).sum() / (labels == c).sum() for c in np.unique(labels)]))
+    return scores
+
+
+def test_tau_is_chosen_by_the_authors_score_on_an_imbalanced_val_split():
+    g = torch.Generator().manual_seed(123)
+    train_x, train_y = clusters(COUNTS, g, spread=1.0)
+    val_x, val_y = clusters([40, 20, 10, 5], g, spread=1.0)  # val as long-tailed as train
+    data = Stage2Data(train_features=train_x, train_labels=train_y, val_features=val_x, val_labels=val_y,
+                      class_counts=list(COUNTS), base_head=base_head("plain", g), seed=0)
+    head, info = fit_stage2("tau_norm", data)
+    w = data.base_head.effective_weight().detach()
+    expected = reference_tau_norm_scores(w, val_x, val_y)
+    assert info["val_balanced_acc"] == pytest.approx(expected)
+    assert info["tau"] == pytest.approx(np.linspace(0, 2, 21)[int(np.argmax(expected))])
+    # top-1 accuracy, which the head classes dominate here, would have kept the head-biased weights
+    micro = [(val_x @ (w / w.norm(dim=1, keepdim=True) ** t).T).argmax(1).eq(val_y).double().mean().item()
+             for t in info["tau_grid"]]
+    assert info["tau_grid"][int(np.argmax(micro))] < info["tau"] - 0.5
 
 
 def test_tau_ties_go_to_the_smallest_tau():
     # a cosine base has unit norms, so every tau gives the same accuracy
     _, info = fit_stage2("tau_norm", make_data("cosine"), grid_start=0.5, grid_stop=1.5, grid_num=3)
-    assert len(set(info["val_acc"])) == 1 and info["tau"] == 0.5
+    assert len(set(info["val_balanced_acc"])) == 1 and info["tau"] == 0.5
 
 
 def test_tau_norm_bad_input():

@@ -5,6 +5,7 @@ from sklearn.metrics import f1_score
 from ltpipe.errors import ConfigError
 from ltpipe.multilabel.metrics import (VALIDATION_METRICS, average_precisions, choose_thresholds, class_groups,
                                        f1_scores, map_metrics, per_class_table)
+from ltpipe.tasks import TASKS
 from ltpipe.tables import frequency_ranked
 
 # 4 test images, 4 classes; class c2 has no positive test image.
@@ -141,3 +142,18 @@ def test_validation_metrics_by_hand():
     labels = np.array([0, 3, 0, 1])
     one_hot = np.eye(4, dtype=bool)[labels]
     assert VALIDATION_METRICS["acc"](SCORES, one_hot) == np.mean(SCORES.argmax(1) == labels)
+    # balanced_acc: the mean over classes 0, 1, 3 (2 has no image) of their images' top-1 hit rates
+    predicted = SCORES.argmax(1)
+    recalls = [np.mean(predicted[labels == c] == c) for c in (0, 1, 3)]
+    assert VALIDATION_METRICS["balanced_acc"](SCORES, one_hot) == pytest.approx(np.mean(recalls))
+    # multi-label: per class, the fraction of the images holding it whose top-scoring class is one of their labels
+    hits = TARGETS[np.arange(len(SCORES)), predicted].astype(bool)
+    per_class = [hits[TARGETS[:, c].astype(bool)].mean() for c in range(4) if TARGETS[:, c].any()]
+    assert VALIDATION_METRICS["balanced_acc"](SCORES, TARGETS) == pytest.approx(np.mean(per_class))
+
+
+def test_every_task_logs_and_selects_by_known_validation_metrics():
+    for name in TASKS.names():
+        task = TASKS.get(name)
+        assert {task.selection_metric, *task.val_metrics} <= VALIDATION_METRICS.keys(), name
+        assert task.epoch_metric in task.val_metrics, name  # best_val needs it logged every epoch

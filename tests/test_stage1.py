@@ -76,7 +76,7 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(params, prepar
     out, live, _ = train(params, prepared, tmp_path, "resumed")
     assert calls == [2], "only the missing epoch is trained"
     assert (out / "model.safetensors").read_bytes() == (full / "model.safetensors").read_bytes()
-    for tsv in ("train/loss.tsv", "val/acc.tsv"):
+    for tsv in ("train/loss.tsv", "val/acc.tsv", "val/balanced_acc.tsv"):
         assert (live / "plots/metrics" / tsv).read_text() == (full_live / "plots/metrics" / tsv).read_text()
 
 
@@ -108,10 +108,11 @@ def _weights_per_epoch(monkeypatch):
 
 
 def _scripted_val_acc(monkeypatch, values):
-    """val/acc of the successive epochs (of one run and of its resumption) is `values`, in order."""
+    """val/balanced_acc, which best_val selects by, of the successive epochs (of one run and of its resumption) is
+    `values`, in order."""
     values = iter(values)
     monkeypatch.setattr(stage1, "VALIDATION_METRICS",
-                        dict(stage1.VALIDATION_METRICS, acc=lambda scores, targets: next(values)))
+                        dict(stage1.VALIDATION_METRICS, balanced_acc=lambda scores, targets: next(values)))
 
 
 def _assert_same_weights(out, weights):
@@ -149,14 +150,14 @@ def test_best_val_survives_an_interruption(params, prepared, tmp_path, monkeypat
     _assert_same_weights(out, best_weights)
 
 
-def test_best_val_picks_the_best_logged_validation_accuracy(params, prepared, tmp_path, monkeypatch):
+def test_best_val_picks_the_best_logged_balanced_validation_accuracy(params, prepared, tmp_path, monkeypatch):
     chosen = copy.deepcopy(params)
     # A constant, too high lr makes validation accuracy go up and down (here: best at epoch 4 of 5).
     chosen["train"].update(select="best_val", epochs=5, lr=3.0, schedule="constant")
     saved = _weights_per_epoch(monkeypatch)
     out, live, _ = train(chosen, prepared, tmp_path, "real")
-    with (live / "plots/metrics/val/acc.tsv").open() as f:
-        acc = [float(row["acc"]) for row in csv.DictReader(f, delimiter="\t")]
+    with (live / "plots/metrics/val/balanced_acc.tsv").open() as f:
+        acc = [float(row["balanced_acc"]) for row in csv.DictReader(f, delimiter="\t")]
     best = 1 + max(range(len(acc)), key=lambda i: (acc[i], -i))
     assert json.loads((live / "metrics.json").read_text())["selected_epoch"] == best
     _assert_same_weights(out, saved[best])

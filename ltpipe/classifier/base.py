@@ -117,8 +117,8 @@ def plain_copy(base: LinearHead) -> LinearHead:
 
 @torch.no_grad()
 def validation_score(head: nn.Module, data: Stage2Data) -> float:
-    """The task's selection metric (`Task.selection_metric`: top-1 accuracy for one label per image, micro F1 at the
-    best shared threshold for multi-label data) of `head` on the validation split."""
+    """The task's selection metric (`Task.selection_metric`: mean per-class recall for one label per image, micro F1
+    at the best shared threshold for multi-label data) of `head` on the validation split."""
     scores = head(data.val_features).double().cpu().numpy()
     targets = data.task.multi_hot(data.val_labels.cpu(), data.num_classes).numpy()
     return VALIDATION_METRICS[data.task.selection_metric](scores, targets)

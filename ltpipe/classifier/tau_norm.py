@@ -28,8 +28,9 @@ def tau_norm(data: Stage2Data, *, tau: Optional[float] = None, grid_start: float
     Recognition", ICLR 2020): w_i <- w_i / ||w_i||^tau, b dropped.
 
     tau=None picks, from linspace(grid_start, grid_stop, grid_num), the value with the best validation score of the
-    task (ties -> the smallest tau); info records the grid and its curve (`val_acc`, `val_micro_f1`). The score is
-    top-1 accuracy for one label per image; for multi-label data it is micro F1 at the best threshold shared by all
+    task (ties -> the smallest tau); info records the grid and its curve (`val_balanced_acc`, `val_micro_f1`). The
+    score is the mean per-class recall for one label per image (what the authors' tau_norm.py reports per tau; top-1
+    accuracy on a balanced val split); for multi-label data it is micro F1 at the best threshold shared by all
     classes, because per-class AP only depends on each class's score order, which dividing w_j by a positive number
     keeps: validation mAP is the same for every tau.
     """

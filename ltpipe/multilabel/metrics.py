@@ -121,6 +121,18 @@ def top1_accuracy(scores: np.ndarray, targets: np.ndarray) -> float:
     return float(targets[np.arange(len(scores)), np.argmax(scores, axis=1)].mean())
 
 
+def mean_class_top1(scores: np.ndarray, targets: np.ndarray) -> float:
+    """The mean over classes of the fraction of a class's images whose highest-scoring class is one of their labels,
+    over the classes with an image: for one label per image the balanced accuracy (mean per-class recall), the score
+    classifier-balancing's tau_norm.py reports for each tau; it equals top-1 accuracy on a class-balanced split and,
+    unlike it, does not let the head classes outvote the tail on an imbalanced one."""
+    scores, targets = _check_scores(scores, targets)
+    hits = targets[np.arange(len(scores)), np.argmax(scores, axis=1)]
+    held = targets.sum(axis=0)
+    present = held > 0
+    return float(((targets & hits[:, None]).sum(axis=0)[present] / held[present]).mean()) if present.any() else 0.0
+
+
 def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
     """mAP over the classes with a positive image (NaN if none has one); scores of one label per image should be
     probabilities (softmax), since a class's AP ranks the images by its column alone."""
@@ -134,7 +146,8 @@ def best_micro_f1(scores: np.ndarray, targets: np.ndarray) -> float:
 
 
 # What a stage can monitor or choose by on the validation split: name -> f(scores (N, C), multi-hot targets (N, C)).
-VALIDATION_METRICS = {"acc": top1_accuracy, "map": mean_average_precision, "micro_f1": best_micro_f1}
+VALIDATION_METRICS = {"acc": top1_accuracy, "balanced_acc": mean_class_top1, "map": mean_average_precision,
+                      "micro_f1": best_micro_f1}
 
 
 # --------------------------------------------------------------------------------------------------- helpers

@@ -3,9 +3,10 @@ runtime's device and precision, in one process or many (torchrun DDP: rank r tra
 batch; only rank 0 writes checkpoints, logs and outputs).
 
 The task comes from the prepared data (`ltpipe.tasks`): the loss gets its label format (class indices or multi-hot
-targets). Per epoch it logs train/loss, train/acc and train/lr, and on the validation split val/acc and val/map for
-both tasks: acc is the fraction of images whose top-scoring class is one of their labels (top-1 accuracy; precision@1
-for multi-label data), map the mean per-class AP of the class probabilities (softmax or sigmoid)."""
+targets). Per epoch it logs train/loss, train/acc and train/lr, and on the validation split the task's `val_metrics`
+of the class probabilities (softmax or sigmoid): val/acc, the fraction of images whose top-scoring class is one of
+their labels (top-1 accuracy; precision@1 for multi-label data), val/map, the mean per-class AP, and for one label
+per image val/balanced_acc, the mean per-class recall."""
 from __future__ import annotations
 
 import math
@@ -138,8 +139,9 @@ def _train(params, runtime: Runtime, prepared_dir, out_dir, live_dir, resume_dir
                                epoch, epochs, seed, task)
         # Every rank evaluates the same validation set (small) rather than waiting on rank 0.
         val_logits = predict_logits(model, val_loader, len(val), runtime).cpu()
-        row["val/acc"] = VALIDATION_METRICS["acc"](val_logits.numpy(), val_targets)
-        row["val/map"] = VALIDATION_METRICS["map"](task.probabilities(val_logits.double()).numpy(), val_targets)
+        probabilities = task.probabilities(val_logits.double()).numpy()
+        for name in task.val_metrics:
+            row[f"val/{name}"] = VALIDATION_METRICS[name](probabilities, val_targets)
         history.append(row)
         if runtime.is_main:
             _log_epoch(live, row)
