@@ -46,14 +46,14 @@ def main() -> None:
     if not args.archive.is_file():
         parser.error(f"{args.archive} not found (the shared CIFAR-10 JPEG archive)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    psnr = {"train": [], "test": []}
+    psnr: dict[str, list[float]] = {}  # by split folder
     # Written beside the target and renamed at the end, so an interrupted run leaves no half archive.
     with tempfile.NamedTemporaryFile(dir=args.out.parent, suffix=".tmp", delete=False) as tmp:
         with tarfile.open(args.archive, "r:gz") as src, tarfile.open(fileobj=tmp, mode="w:gz") as dst:
             for member in src:
                 if member.isfile() and member.name.endswith(".jpg"):
                     data, db = reencode(src.extractfile(member).read(), args.quality)
-                    psnr[Path(member.name).parts[1]].append(db)
+                    psnr.setdefault(Path(member.name).parts[1], []).append(db)
                     info = tarfile.TarInfo(member.name)
                     info.size, info.mtime, info.mode = len(data), member.mtime, member.mode
                     dst.addfile(info, io.BytesIO(data))
