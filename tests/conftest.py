@@ -3,15 +3,12 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-# Stage-1 checkpoints of the test session go to a folder of their own, never the user's cache.
-os.environ["LTPIPE_RESUME_DIR"] = tempfile.mkdtemp(prefix="ltpipe-test-resume-")
 TINY = {
     "train.epochs": 2,
     "train.warmup_epochs": 1,
@@ -19,6 +16,16 @@ TINY = {
     "model.backbone": "resnet8",
     "stage2.crt.epochs": 2,
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def resume_dir(tmp_path_factory):
+    """Stage-1 checkpoints of the test session go to a folder of their own, never the user's cache; under pytest's
+    base temp, so it is cleaned up like the other test folders (a folder of tempfile's was left in /tmp by every run)."""
+    path = tmp_path_factory.mktemp("resume")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LTPIPE_RESUME_DIR", str(path))
+        yield path
 
 
 def run(cmd, cwd, check=True):
