@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ltpipe.train.checkpoint import RESUME_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "train.epochs": 2,
@@ -21,10 +23,11 @@ TINY = {
 @pytest.fixture(scope="session", autouse=True)
 def resume_dir(tmp_path_factory):
     """Stage-1 checkpoints of the test session go to a folder of their own, never the user's cache; under pytest's
-    base temp, so it is cleaned up like the other test folders (a folder of tempfile's was left in /tmp by every run)."""
+    base temp, so pytest cleans it up with the other test folders. Set in the environment, which the DVC
+    subprocesses and queue workers inherit."""
     path = tmp_path_factory.mktemp("resume")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LTPIPE_RESUME_DIR", str(path))
+        patch.setenv(RESUME_ENV, str(path))
         yield path
 
 

@@ -1,7 +1,5 @@
 """The real pipeline, end to end, in a temporary copy: git init, dvc init, dvc repro, dvc exp run -S ..."""
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +17,7 @@ from ltpipe.stage2 import retrain_classifier
 pytestmark = pytest.mark.slow
 
 
-def test_repro_writes_metrics_and_plots(project):
+def test_repro_writes_metrics_and_plots(project, resume_dir):
     tmp, log = project
     assert stages_ran(log) == {"prepare", "train_backbone", "extract_features", "retrain_classifier", "evaluate"}
     metrics = json.loads((tmp / "metrics/metrics.json").read_text())
@@ -29,7 +27,7 @@ def test_repro_writes_metrics_and_plots(project):
     counts = json.loads((tmp / "data/prepared/class_counts.json").read_text())
     assert len(counts) == 10 and list(counts.values()) == sorted(counts.values(), reverse=True)
     assert (tmp / "metrics/per_class.csv").exists() and (tmp / "metrics/confusion.csv").exists()
-    assert not any(Path(os.environ["LTPIPE_RESUME_DIR"]).iterdir()), "checkpoint is removed after a finished run"
+    assert not any(resume_dir.iterdir()), "checkpoint is removed after a finished run"
     shown = plots_json(tmp)
     assert shown["confusion"] and shown["class_counts"] and shown["per_class_ap_vs_train_count"]
     assert shown["validation_map"]

@@ -63,13 +63,12 @@ def queue_idle(tmp):
     return "Running" not in status and "Queued" not in status
 
 
-def test_killed_queued_experiment_resumes_from_its_checkpoint(project):
+def test_killed_queued_experiment_resumes_from_its_checkpoint(project, resume_dir):
     tmp, _ = project
-    resume = Path(os.environ["LTPIPE_RESUME_DIR"])
     try:
         run(f"dvc exp run --queue -n first {SETS}", tmp)
         start_queue(tmp)
-        _, epoch = wait_for(lambda: (c := checkpoint_epoch(resume)) and c[1] >= 3 and c, 300, "epoch 3 checkpoint",
+        _, epoch = wait_for(lambda: (c := checkpoint_epoch(resume_dir)) and c[1] >= 3 and c, 300, "epoch 3 checkpoint",
                             tmp)
         pids = project_pids(tmp, b"stages.train_backbone")
         assert pids, "stage 1 is running in the queue worker"
@@ -77,7 +76,7 @@ def test_killed_queued_experiment_resumes_from_its_checkpoint(project):
             os.kill(pid, signal.SIGKILL)
         wait_for(lambda: queue_idle(tmp), 120, "the killed task to end")
         assert "Failed" in run("dvc queue status", tmp).stdout
-        path, killed_at = wait_for(lambda: checkpoint_epoch(resume), 5, "the checkpoint to survive the failed task")
+        path, killed_at = wait_for(lambda: checkpoint_epoch(resume_dir), 5, "the checkpoint to survive the failed task")
         assert killed_at >= epoch
         # DVC's idle worker shuts itself down about 10 s after the queue empties; a `dvc queue start` while it is
         # still alive spawns no new worker, and the dying one never takes the new task, which then waits forever.
@@ -95,6 +94,6 @@ def test_killed_queued_experiment_resumes_from_its_checkpoint(project):
     finally:
         run("dvc queue stop --kill", tmp, check=False)
         run("dvc queue remove --all", tmp, check=False)
-        for path in resume.glob("stage1-*.pt"):
+        for path in resume_dir.glob("stage1-*.pt"):
             path.unlink()
         checkout_baseline(tmp)
