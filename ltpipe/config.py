@@ -31,12 +31,12 @@ def read_params_file(path: str | os.PathLike = "params.yaml") -> Any:
         raise ConfigError(f"{where}: YAML syntax error: {problem}{f' ({context})' if context else ''}") from None
 
 
-def load_validated_params(path: str | os.PathLike = "params.yaml"):
-    """The typed, validated `Params` of a params file (see ltpipe.schema)."""
+def load_validated_params(path: str | os.PathLike = "params.yaml", *, check_optimizer: bool = True):
+    """The typed, validated `Params` of a params file (see ltpipe.schema.validate_params)."""
     from ltpipe.schema import validate_params
 
     raw = read_params_file(path)
-    return validate_params({} if raw is None else raw, str(path))
+    return validate_params({} if raw is None else raw, str(path), check_optimizer=check_optimizer)
 
 
 def debug_enabled() -> bool:
@@ -56,13 +56,15 @@ def run_cli(fn: Callable[[], Any]) -> int:
         return 1
 
 
-def stage_main(description: str, run, *flags: str, outputs: tuple = (), distributed_module: str | None = None) -> None:
+def stage_main(description: str, run, *flags: str, outputs: tuple = (), distributed_module: str | None = None,
+               check_optimizer: bool = True) -> None:
     """The whole of a `stages/*.py` entry point: parse the path flags dvc.yaml passes, validate params.yaml, remove
     what an earlier killed run of this stage left behind in the folders of `outputs` (flags naming output paths),
     then call `run(params, *paths)` with the paths in the order of `flags`.
 
     With `distributed_module` (the stage's module name) and `runtime.nproc_per_node` > 1, the stage relaunches itself
-    under torchrun, so `dvc repro` stays the one command."""
+    under torchrun, so `dvc repro` stays the one command. `check_optimizer=False`: the stages after stage 1 (see
+    ltpipe.schema.validate_params); prepare keeps the check, so that a bad optimizer fails before any long work."""
     import argparse
 
     from ltpipe.io import remove_leftovers
@@ -79,7 +81,7 @@ def stage_main(description: str, run, *flags: str, outputs: tuple = (), distribu
     def main() -> None:
         from ltpipe.runtime import launch_distributed, under_torchrun
 
-        params = load_validated_params()
+        params = load_validated_params(check_optimizer=check_optimizer)
         nproc = params.runtime.nproc_per_node
         if distributed_module is not None and nproc > 1 and not under_torchrun():
             status.append(launch_distributed(nproc, distributed_module, sys.argv[1:]))

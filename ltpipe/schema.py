@@ -215,10 +215,10 @@ def params_model() -> type[BaseModel]:
 
         @field_validator("optimizer")
         @classmethod
-        def _known_optimizer(cls, name: str) -> str:
+        def _known_optimizer(cls, name: str, info: ValidationInfo) -> str:
             from ltpipe.train.optim import optimizer_names
 
-            if name not in optimizer_names():
+            if _checks_optimizer(info) and name not in optimizer_names():
                 raise ValueError(f"unknown optimizer {name!r}; valid choices: {', '.join(optimizer_names())}")
             return name
 
@@ -261,9 +261,11 @@ def params_model() -> type[BaseModel]:
         runtime: RuntimeParams = Field(default_factory=RuntimeParams)
 
         @model_validator(mode="after")
-        def _optimizer_kwargs(self):
+        def _optimizer_kwargs(self, info: ValidationInfo):
             from ltpipe.train.optim import check_optimizer
 
+            if not _checks_optimizer(info):
+                return self
             try:
                 check_optimizer(self.train.optimizer, self.optimizer_kwargs())
             except ConfigError as err:
@@ -374,17 +376,25 @@ def _plain(value: Any) -> Any:
     return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
 
 
-def validate_params(raw: Any, source: str = "params.yaml", *, check_files: bool = True) -> BaseModel:
+def _checks_optimizer(info: ValidationInfo) -> bool:
+    return (info.context or {}).get("check_optimizer", True)
+
+
+def validate_params(raw: Any, source: str = "params.yaml", *, check_files: bool = True,
+                    check_optimizer: bool = True) -> BaseModel:
     """The validated Params, or ConfigError with one line per problem (`<key path>: <value>: <rule>`).
 
     check_files=False leaves out whether files the params name exist on this machine (model.pretrained): a recipe
-    names the files of the machine it is meant to run on; the stages always check."""
+    names the files of the machine it is meant to run on; the stages always check.
+    check_optimizer=False leaves out stage 1's optimizer name and kwargs block, the only checks that import timm
+    (about 2 s of start-up, most of it torchvision's import of torch._dynamo): for the stages after stage 1, which
+    never build that optimizer and run only after stage 1 has run on the same values."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections (seed, dataset, train, ...), "
                           f"got a {type(raw).__name__}")
     model = params_model()
     try:
-        return model.model_validate(raw, context={"check_files": check_files})
+        return model.model_validate(raw, context={"check_files": check_files, "check_optimizer": check_optimizer})
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, "", model)) from None
 

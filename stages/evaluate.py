@@ -3,4 +3,5 @@ from ltpipe.config import stage_main
 from ltpipe.evaluate import evaluate
 
 if __name__ == "__main__":
-    stage_main(__doc__, evaluate, "--prepared", "--stage2", "--out", "--features", outputs=("--out",))
+    stage_main(__doc__, evaluate, "--prepared", "--stage2", "--out", "--features", outputs=("--out",),
+               check_optimizer=False)

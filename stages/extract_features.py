@@ -3,4 +3,4 @@ from ltpipe.config import stage_main
 from ltpipe.features import extract_features
 
 if __name__ == "__main__":
-    stage_main(__doc__, extract_features, "--model", "--prepared", "--out", outputs=("--out",))
+    stage_main(__doc__, extract_features, "--model", "--prepared", "--out", outputs=("--out",), check_optimizer=False)

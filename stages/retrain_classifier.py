@@ -3,4 +3,5 @@ from ltpipe.config import stage_main
 from ltpipe.stage2 import retrain_classifier
 
 if __name__ == "__main__":
-    stage_main(__doc__, retrain_classifier, "--prepared", "--model", "--features", "--out", outputs=("--out",))
+    stage_main(__doc__, retrain_classifier, "--prepared", "--model", "--features", "--out", outputs=("--out",),
+               check_optimizer=False)

@@ -258,6 +258,37 @@ def test_ldam_needs_the_cosine_head_and_optimizer_blocks_are_checked():
     assert "takes no parameter 'momentum_x'" in error_of(params)
 
 
+
+def test_stages_after_stage1_skip_the_optimizer_checks_and_timm_but_prepare_fails_on_them(tmp_path):
+    """The optimizer checks are the only ones that import timm (seconds of start-up in every stage); the stages after
+    stage 1 leave them out (stage_main's check_optimizer=False), prepare and stage 1 keep them. Validation alone
+    imports neither timm nor scikit-learn (whose metrics module the stage-2 registry reaches)."""
+    bad = with_value("train.optimizer", "adamx")
+    assert validate_params(bad, check_optimizer=False).train.optimizer == "adamx"
+    bad_kwargs = with_value("train.optimizer", "adamw")
+    bad_kwargs["optimizers"]["adamw"]["momentum_x"] = 1
+    assert validate_params(bad_kwargs, check_optimizer=False).train.optimizer == "adamw"
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    probe = ("import sys; from ltpipe.config import load_validated_params; "
+             "load_validated_params(check_optimizer=False); "
+             "print(sorted({'timm', 'torchvision', 'sklearn'} & set(sys.modules)))")
+    imported = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, env=env,
+                              check=True).stdout.strip()
+    assert imported == "[]"
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
+    out = subprocess.run([sys.executable, "-m", "stages.prepare", "--out", "prepared"], cwd=tmp_path,
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 1 and out.stderr.startswith("error: train.optimizer: 'adamx': unknown optimizer"), \
+        out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+    checks = {path.stem: "check_optimizer=False" in path.read_text() for path in (ROOT / "stages").glob("[!_]*.py")}
+    assert checks == {"prepare": False, "train_backbone": False, "extract_features": True,
+                      "retrain_classifier": True, "evaluate": True}
+
+
 # ------------------------------------------------------------------------------------------------ task fit
 def multilabel_params(**updates):
     """The multi-label demo recipe with `updates` (dotted keys) on top."""

@@ -13,7 +13,6 @@ from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score
 
 from ltpipe.checks import check_train_counts
 from ltpipe.errors import ConfigError
@@ -33,6 +32,10 @@ def class_groups(train_counts: Sequence[int], *, head_threshold: int = 100, tail
 
 def average_precisions(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """(C,) float64 AP per class; NaN for a class with no positive image."""
+    # Imported here: every stage imports this module (through the stage-2 registry the params schema checks against),
+    # and sklearn.metrics would add about a second to the start of each, for the stages that never compute an AP.
+    from sklearn.metrics import average_precision_score
+
     scores, targets = _check_scores(scores, targets)
     ap = np.full(scores.shape[1], np.nan)
     rated = targets.any(axis=0)
