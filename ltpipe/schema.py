@@ -176,7 +176,7 @@ def params_model() -> type[BaseModel]:
             if Path(path).is_absolute() or parts[:2] != tuple(PRETRAINED_DIR.split("/")) or ".." in parts:
                 raise ValueError(f"must be a file under {PRETRAINED_DIR}/ (that folder is a dependency of "
                                  "train_backbone in dvc.yaml: replacing the file reruns stage 1)")
-            if (info.context or {}).get("check_files", True) and not Path(path).is_file():
+            if _checks(info, "check_files") and not Path(path).is_file():
                 raise ValueError("no such file (put the weights file there, or set null)")
             return path
 
@@ -218,7 +218,7 @@ def params_model() -> type[BaseModel]:
         def _known_optimizer(cls, name: str, info: ValidationInfo) -> str:
             from ltpipe.train.optim import optimizer_names
 
-            if _checks_optimizer(info) and name not in optimizer_names():
+            if _checks(info, "check_optimizer") and name not in optimizer_names():
                 raise ValueError(f"unknown optimizer {name!r}; valid choices: {', '.join(optimizer_names())}")
             return name
 
@@ -264,7 +264,7 @@ def params_model() -> type[BaseModel]:
         def _optimizer_kwargs(self, info: ValidationInfo):
             from ltpipe.train.optim import check_optimizer
 
-            if not _checks_optimizer(info):
+            if not _checks(info, "check_optimizer"):
                 return self
             try:
                 check_optimizer(self.train.optimizer, self.optimizer_kwargs())
@@ -376,8 +376,9 @@ def _plain(value: Any) -> Any:
     return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
 
 
-def _checks_optimizer(info: ValidationInfo) -> bool:
-    return (info.context or {}).get("check_optimizer", True)
+def _checks(info: ValidationInfo, what: str) -> bool:
+    """Whether validate_params was asked for the check named `what` (check_files, check_optimizer): all by default."""
+    return (info.context or {}).get(what, True)
 
 
 def validate_params(raw: Any, source: str = "params.yaml", *, check_files: bool = True,
