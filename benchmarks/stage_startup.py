@@ -52,9 +52,9 @@ def main() -> None:
     models = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
               if line.startswith("model name")]
     versions = ", ".join(f"{name} {importlib.metadata.version(name)}" for name in ("torch", "torchvision", "timm"))
+    cpu = models[0] if models else platform.processor()
     print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit}, {platform.machine()} "
-          f"{models[0] if models else platform.processor()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"{versions}; median of {args.repeats}")
+          f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {versions}; median of {args.repeats}")
     print("| stage | all checks (s) | check_optimizer=False (s) | heavy modules imported (all checks / without) |")
     print("|---|---:|---:|---|")
     with tempfile.TemporaryDirectory() as tmp:
