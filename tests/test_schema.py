@@ -258,7 +258,6 @@ def test_ldam_needs_the_cosine_head_and_optimizer_blocks_are_checked():
     assert "takes no parameter 'momentum_x'" in error_of(params)
 
 
-
 def test_stages_after_stage1_skip_the_optimizer_checks_and_timm_but_prepare_fails_on_them(tmp_path):
     """The optimizer checks are the only ones that import timm (seconds of start-up in every stage); the stages after
     stage 1 leave them out (stage_main's check_optimizer=False), prepare and stage 1 keep them. Validation alone
