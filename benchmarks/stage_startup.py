@@ -10,9 +10,7 @@ Prints the median wall time per stage and mode, and which of the heavy libraries
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.metadata
-import os
 import platform
 import shutil
 import statistics
@@ -23,6 +21,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from cifar10_lt import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("timm", "torchvision", "torch._dynamo", "sklearn", "pandas")
@@ -46,15 +46,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     stages = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
-    cpuinfo = Path("/proc/cpuinfo")
-    models = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
-              if line.startswith("model name")]
     versions = ", ".join(f"{name} {importlib.metadata.version(name)}" for name in ("torch", "torchvision", "timm"))
-    cpu = models[0] if models else platform.processor()
-    print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit}, {platform.machine()} "
-          f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {versions}; median of {args.repeats}")
+    print("\n".join(provenance(ROOT)))
+    print(f"Python {platform.python_version()}, {versions}; median of {args.repeats} runs")
     print("| stage | all checks (s) | check_optimizer=False (s) | heavy modules imported (all checks / without) |")
     print("|---|---:|---:|---|")
     with tempfile.TemporaryDirectory() as tmp:

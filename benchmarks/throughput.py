@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
 import os
 import platform
@@ -31,9 +30,10 @@ from pathlib import Path
 import torch
 import yaml
 
+from cifar10_lt import ARCHIVE, provenance
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-ARCHIVE = ROOT.parent / "shared/data/cifar10-jpg.tar.gz"
 
 
 def cifar10_lt_params(root: Path, args) -> dict:
@@ -182,11 +182,8 @@ def main() -> None:
     from ltpipe.runtime import Runtime
     from ltpipe.schema import validate_params
 
-    print(f"command: {' '.join([Path(sys.executable).name] + sys.argv)}")
-    print(f"date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    print(f"commit: {commit.strip()}")
-    print(f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | {os.cpu_count()} CPUs | "
+    print("\n".join(provenance(ROOT)))
+    print(f"processor: {platform.processor() or platform.machine()} | "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads"
           + (f" | {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
     with tempfile.TemporaryDirectory(prefix="ltpipe-throughput-") as tmp:
