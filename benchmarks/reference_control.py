@@ -6,10 +6,12 @@ the way its `cifar_train.py --loss_type CE --train_rule None` (or `--loss_type L
 LT subset rule (np.random.seed(0), per class a shuffled index list, the first n_i images), PIL RandomCrop(32,
 padding=4) + flip + its normalisation, SGD 0.1 / momentum 0.9 / wd 2e-4 on every parameter, batch 128, the per-epoch
 lr rule (linear warm-up over 5 epochs, x0.01 after 80% and x0.0001 after 90% of the epochs: 160 / 180 of 200),
-evaluated on the whole test set after every epoch. LDAM uses the reference's NormedLinear head and LDAMLoss (max
-margin 0.5, s 30); DRW switches to class-balanced weights (beta 0.9999) after 80% of the epochs (epoch 160 of 200).
-Only the data source (the image folders of the shared JPEG copy instead of the pickled originals) and the device
-(CPU) differ. Prints the last and the best test top-1 (the reference prints the best, "Best Prec@1").
+evaluated on the whole test set after every epoch (with --eval-every K, after every K-th epoch before the first decay
+and every epoch from it, where the last and the best epochs lie: the same training without most test passes). LDAM
+uses the reference's NormedLinear head and LDAMLoss (max margin 0.5, s 30); DRW switches to class-balanced weights
+(beta 0.9999) after 80% of the epochs (epoch 160 of 200). Only the data source (the image folders of the shared JPEG
+copy instead of the pickled originals) and the device (CPU) differ. Prints the last and the best test top-1 (the
+reference prints the best, "Best Prec@1").
 
     git clone https://github.com/kaidic/LDAM-DRW /path/LDAM-DRW
     python benchmarks/reference_control.py --ref-repo /path/LDAM-DRW --root /path/cifar10-jpg --epochs 40
@@ -83,6 +85,15 @@ def load_module(path: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def best(history: list) -> float | None:
+    """The best test accuracy of a history in which None marks an epoch that was not tested (None if none was)."""
+    return max((x for x in history if x is not None), default=None)
+
+
+def percent(accuracy: float | None) -> str:
+    return "-" if accuracy is None else f"{100 * accuracy:.2f}"
 
 
 def fast(x: torch.Tensor) -> torch.Tensor:
@@ -167,10 +178,14 @@ def main() -> None:
     parser.add_argument("--loss", choices=["ce", "ldam"], default="ce")
     parser.add_argument("--train-rule", choices=["none", "drw"], default="none")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--eval-every", type=int, default=1,
+                        help="test every K-th epoch before the first lr decay (80%% of the epochs), then every epoch")
     parser.add_argument("--out", type=Path, default=Path("reference_control.json"))
     args = parser.parse_args()
     if not (args.ref_repo / "models" / "resnet_cifar.py").is_file():
         sys.exit(f"{args.ref_repo} is not a kaidic/LDAM-DRW checkout (no models/resnet_cifar.py)")
+    if args.eval_every < 1:
+        sys.exit(f"--eval-every must be >= 1, got {args.eval_every}")
     if args.epochs < 10:
         sys.exit(f"--epochs must be >= 10 (5 warm-up epochs, then the two decays), got {args.epochs}")
     sys.path.insert(0, str(args.ref_repo))
@@ -214,24 +229,26 @@ def main() -> None:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        model.eval()
-        with torch.no_grad():
-            predicted = torch.cat([model(fast(x)).argmax(1) for x, _ in test]).numpy()
-        accuracy = float((predicted == test_labels).mean())
+        accuracy = None  # not tested after this epoch
+        if (epoch + 1) % args.eval_every == 0 or epoch + 1 > int(0.8 * args.epochs):
+            model.eval()
+            with torch.no_grad():
+                predicted = torch.cat([model(fast(x)).argmax(1) for x, _ in test]).numpy()
+            accuracy = float((predicted == test_labels).mean())
+            state["per_class_last"] = [float((predicted[test_labels == c] == c).mean()) for c in range(len(CLASSES))]
         state["history"].append(accuracy)
-        state["per_class_last"] = [float((predicted[test_labels == c] == c).mean()) for c in range(len(CLASSES))]
         state["epoch"], state["wall_s"] = epoch + 1, state["wall_s"] + time.perf_counter() - start
         save_checkpoint(checkpoint, dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
                                          rng=torch.get_rng_state(), state=state, fingerprint=run_id))
-        print(f"epoch {epoch + 1}/{args.epochs} lr {lr:.5f} loss {loss.item():.3f} test {100 * accuracy:.2f} "
-              f"best {100 * max(state['history']):.2f} ({state['wall_s']:.0f} s)", flush=True)
+        print(f"epoch {epoch + 1}/{args.epochs} lr {lr:.5f} loss {loss.item():.3f} test {percent(accuracy)} "
+              f"best {percent(best(state['history']))} ({state['wall_s']:.0f} s)", flush=True)
     result = dict(command=" ".join([Path(sys.executable).name] + sys.argv), reference_commit=ref_commit,
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   machine=f"{platform.platform()} | {os.cpu_count()} CPUs", torch=torch.__version__,
                   epochs=args.epochs, seed=args.seed, loss=args.loss, train_rule=args.train_rule,
-                  last=state["history"][-1], best=max(state["history"]),
-                  best_epoch=int(np.argmax(state["history"])) + 1, per_class_last=state["per_class_last"],
-                  wall_s=round(state["wall_s"]), history=state["history"])
+                  eval_every=args.eval_every, last=state["history"][-1], best=best(state["history"]),
+                  best_epoch=state["history"].index(best(state["history"])) + 1,
+                  per_class_last=state["per_class_last"], wall_s=round(state["wall_s"]), history=state["history"])
     write_json(args.out, result)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}), flush=True)
 

@@ -38,7 +38,7 @@ import torch
 
 from ltpipe.io import write_json
 from ltpipe.train.checkpoint import fingerprint, load_checkpoint, save_checkpoint
-from reference_control import CLASSES, fast, git_commit, load_module, reference_loaders
+from reference_control import CLASSES, best, fast, git_commit, load_module, reference_loaders
 
 ALPHAS = {"tde": 1.0, "none": 0.0}  # TDE inference; the plain causal head
 
@@ -73,10 +73,6 @@ def evaluate(backbone, classifier, embed: np.ndarray, test, test_labels: np.ndar
         result[name] = (float((p == test_labels).mean()),
                         [float((p[test_labels == c] == c).mean()) for c in range(len(CLASSES))])
     return result
-
-
-def best(history: list) -> float:
-    return max(x for x in history if x is not None)
 
 
 def main() -> None:
