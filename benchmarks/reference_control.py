@@ -242,12 +242,13 @@ def main() -> None:
                                          rng=torch.get_rng_state(), state=state, fingerprint=run_id))
         print(f"epoch {epoch + 1}/{args.epochs} lr {lr:.5f} loss {loss.item():.3f} test {percent(accuracy)} "
               f"best {percent(best(state['history']))} ({state['wall_s']:.0f} s)", flush=True)
+    top = best(state["history"])
     result = dict(command=" ".join([Path(sys.executable).name] + sys.argv), reference_commit=ref_commit,
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   machine=f"{platform.platform()} | {os.cpu_count()} CPUs", torch=torch.__version__,
                   epochs=args.epochs, seed=args.seed, loss=args.loss, train_rule=args.train_rule,
-                  eval_every=args.eval_every, last=state["history"][-1], best=best(state["history"]),
-                  best_epoch=state["history"].index(best(state["history"])) + 1,
+                  eval_every=args.eval_every, last=state["history"][-1], best=top,
+                  best_epoch=state["history"].index(top) + 1,
                   per_class_last=state["per_class_last"], wall_s=round(state["wall_s"]), history=state["history"])
     write_json(args.out, result)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}), flush=True)
